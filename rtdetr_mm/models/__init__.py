@@ -1,0 +1,1 @@
+from . import backbones, data_preprocessors, dense_heads, detectors, layers, losses, necks  # noqa: F401

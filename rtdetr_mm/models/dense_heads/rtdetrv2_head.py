@@ -1,0 +1,514 @@
+"""RT-DETRv2 detection head: query selection, denoising, decoder, loss and
+post-processing (the official ``RTDETRTransformerv2`` + criterion +
+post-processor, as one mmdet head)."""
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmdet.registry import MODELS, TASK_UTILS
+from mmdet.structures import SampleList
+from mmdet.structures.bbox import (bbox_cxcywh_to_xyxy, bbox_overlaps,
+                                   bbox_xyxy_to_cxcywh, get_box_tensor)
+from mmdet.utils import ConfigType, InstanceList, OptConfigType, reduce_mean
+from mmengine.model import BaseModule
+from mmengine.structures import InstanceData
+
+from ..layers.anchors import generate_anchors
+from ..layers.denoising import DenoisingMeta, build_denoising_queries
+from ..layers.mlp import RTDETRv2MLP, bias_init_with_prob
+from ..layers.rtdetrv2_decoder import RTDETRv2TransformerDecoder
+
+MatchIndices = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class RTDETRv2HeadOutputs:
+    """Raw outputs of :meth:`RTDETRv2Head.forward`. Boxes are cxcywh normalised
+    to the network input (``batch_input_shape``); scores are logits.
+
+    Attributes:
+        cls_scores (Tensor): (L', B, Nq, C); L' = decoder layers in training,
+            1 (layer ``eval_idx``) in eval.
+        bbox_preds (Tensor): (L', B, Nq, 4).
+        enc_cls_scores (Tensor, optional): Encoder top-k logits (B, Nq, C),
+            training only.
+        enc_bbox_preds (Tensor, optional): Encoder top-k boxes (B, Nq, 4).
+        dn_cls_scores (Tensor, optional): Denoising logits (L, B, Ndn, C).
+        dn_bbox_preds (Tensor, optional): Denoising boxes (L, B, Ndn, 4).
+        dn_meta (DenoisingMeta, optional): Which denoising query is which.
+    """
+    cls_scores: torch.Tensor
+    bbox_preds: torch.Tensor
+    enc_cls_scores: Optional[torch.Tensor] = None
+    enc_bbox_preds: Optional[torch.Tensor] = None
+    dn_cls_scores: Optional[torch.Tensor] = None
+    dn_bbox_preds: Optional[torch.Tensor] = None
+    dn_meta: Optional[DenoisingMeta] = None
+
+
+def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(OrderedDict([
+        ('conv', nn.Conv2d(in_channels, out_channels, kernel_size, stride,
+                           padding=(kernel_size - 1) // 2, bias=False)),
+        ('norm', nn.BatchNorm2d(out_channels)),
+    ]))
+
+
+@MODELS.register_module()
+class RTDETRv2Head(BaseModule):
+    """RT-DETRv2 head (`RT-DETRv2: Improved Baseline with Bag-of-Freebies for
+    Real-Time Detection Transformer <https://arxiv.org/abs/2407.17140>`_).
+
+    Written after the official ``RTDETRTransformerv2`` (lyuwenyu/RT-DETR,
+    rtdetrv2_pytorch); submodule names match it, so an official checkpoint's
+    ``decoder.*`` loads as ``bbox_head.*``.
+
+    Flow (:meth:`forward`)::
+
+        neck maps -> input_proj -> flatten (memory) -> enc_output/enc_score_head
+        -> top-k tokens by max class logit -> enc_bbox_head + anchors
+        -> [denoising queries +] top-k queries -> decoder (per-layer score/box
+        heads, iterative refinement) -> per-layer logits and boxes
+
+    Args:
+        num_classes (int): Object classes (no background logit: sigmoid).
+        in_channels (Sequence[int]): Channels of each neck output.
+        feat_strides (Sequence[int]): Strides of the neck outputs (documents
+            the input; extra levels get twice the previous stride).
+        hidden_dim (int): Decoder width.
+        num_levels (int): Levels the decoder attends to; extra levels beyond
+            ``len(in_channels)`` are made by 3x3 stride-2 convs.
+        num_points (int | Sequence[int]): Sampling points per level.
+        num_heads (int): Attention heads.
+        num_layers (int): Decoder layers.
+        dim_feedforward (int): FFN width in the decoder.
+        dropout (float): Decoder dropout.
+        activation (str): Decoder FFN activation.
+        num_queries (int): Object queries (top-k encoder tokens).
+        num_denoising (int): Denoising-query budget; 0 disables denoising.
+        label_noise_ratio (float): See :func:`build_denoising_queries`.
+        box_noise_scale (float): See :func:`build_denoising_queries`.
+        eval_idx (int): Decoder layer used at inference (-1 = last).
+        cross_attn_method (str): ``'default'`` (grid_sample) or ``'discrete'``.
+        offset_scale (float): Deformable offset scale (0.5 officially).
+        anchor_grid_size (float): Level-0 anchor size (normalised).
+        anchor_eps (float): Anchors outside (eps, 1 - eps) are invalid.
+        loss_cls (dict): Classification loss (:class:`RTDETRv2ClassificationLoss`).
+        loss_bbox (dict): L1 loss on cxcywh normalised boxes.
+        loss_iou (dict): GIoU loss on xyxy pixel boxes.
+        train_cfg (dict): ``assigner``: the Hungarian assigner config.
+        test_cfg (dict): ``max_per_img``: detections kept per image.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 num_classes: int = 80,
+                 in_channels: Sequence[int] = (256, 256, 256),
+                 feat_strides: Sequence[int] = (8, 16, 32),
+                 hidden_dim: int = 256,
+                 num_levels: int = 3,
+                 num_points: Union[int, Sequence[int]] = (4, 4, 4),
+                 num_heads: int = 8,
+                 num_layers: int = 6,
+                 dim_feedforward: int = 1024,
+                 dropout: float = 0.0,
+                 activation: str = 'relu',
+                 num_queries: int = 300,
+                 num_denoising: int = 100,
+                 label_noise_ratio: float = 0.5,
+                 box_noise_scale: float = 1.0,
+                 eval_idx: int = -1,
+                 cross_attn_method: str = 'default',
+                 offset_scale: float = 0.5,
+                 anchor_grid_size: float = 0.05,
+                 anchor_eps: float = 1e-2,
+                 loss_cls: ConfigType = dict(type='RTDETRv2ClassificationLoss',
+                                             loss_type='vfl', loss_weight=1.0),
+                 loss_bbox: ConfigType = dict(type='L1Loss', loss_weight=5.0),
+                 loss_iou: ConfigType = dict(type='GIoULoss', loss_weight=2.0),
+                 train_cfg: OptConfigType = None,
+                 test_cfg: OptConfigType = None,
+                 init_cfg: OptConfigType = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if len(in_channels) > num_levels:
+            raise ValueError(f'num_levels ({num_levels}) must be >= len(in_channels) '
+                             f'({len(in_channels)})')
+        self.num_classes = num_classes
+        self.feat_strides = list(feat_strides)
+        self.num_inputs = len(in_channels)
+        self.hidden_dim = hidden_dim
+        self.num_levels = num_levels
+        self.num_queries = num_queries
+        self.num_denoising = num_denoising
+        self.label_noise_ratio = label_noise_ratio
+        self.box_noise_scale = box_noise_scale
+        self.anchor_grid_size = anchor_grid_size
+        self.anchor_eps = anchor_eps
+        self.train_cfg = train_cfg or {}
+        self.test_cfg = test_cfg or {}
+        self._anchor_cache: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+        self.input_proj = nn.ModuleList(_conv_bn(c, hidden_dim, 1, 1) for c in in_channels)
+        extra_in = in_channels[-1]
+        for _ in range(num_levels - len(in_channels)):
+            self.input_proj.append(_conv_bn(extra_in, hidden_dim, 3, 2))
+            extra_in = hidden_dim
+
+        self.decoder = RTDETRv2TransformerDecoder(
+            num_layers, eval_idx, d_model=hidden_dim, n_head=num_heads,
+            dim_feedforward=dim_feedforward, dropout=dropout, activation=activation,
+            n_levels=num_levels, n_points=list(num_points) if not isinstance(num_points, int)
+            else num_points, cross_attn_method=cross_attn_method, offset_scale=offset_scale)
+        if num_denoising > 0:
+            self.denoising_class_embed = nn.Embedding(num_classes + 1, hidden_dim,
+                                                      padding_idx=num_classes)
+        self.enc_output = nn.Sequential(OrderedDict([
+            ('proj', nn.Linear(hidden_dim, hidden_dim)),
+            ('norm', nn.LayerNorm(hidden_dim)),
+        ]))
+        self.enc_score_head = nn.Linear(hidden_dim, num_classes)
+        self.enc_bbox_head = RTDETRv2MLP(hidden_dim, hidden_dim, 4, num_layers=3)
+        self.query_pos_head = RTDETRv2MLP(4, 2 * hidden_dim, hidden_dim, num_layers=2)
+        self.dec_score_head = nn.ModuleList(
+            nn.Linear(hidden_dim, num_classes) for _ in range(num_layers))
+        self.dec_bbox_head = nn.ModuleList(
+            RTDETRv2MLP(hidden_dim, hidden_dim, 4, num_layers=3) for _ in range(num_layers))
+
+        self.loss_cls = MODELS.build(loss_cls)
+        self.loss_bbox = MODELS.build(loss_bbox)
+        self.loss_iou = MODELS.build(loss_iou)
+        self.assigner = TASK_UTILS.build(self.train_cfg['assigner']) \
+            if 'assigner' in self.train_cfg else None
+        self._reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    def _reset_parameters(self) -> None:
+        """Official initialisation: class-bias prior 0.01 on every score head,
+        zero last layer of every box head, Xavier on ``enc_output.proj``, the
+        query position head and the input projections."""
+        bias = bias_init_with_prob(0.01)
+        nn.init.constant_(self.enc_score_head.bias, bias)
+        self.enc_bbox_head.zero_last_layer()
+        for score_head, bbox_head in zip(self.dec_score_head, self.dec_bbox_head):
+            nn.init.constant_(score_head.bias, bias)
+            bbox_head.zero_last_layer()
+        nn.init.xavier_uniform_(self.enc_output.proj.weight)
+        for layer in self.query_pos_head.layers:
+            nn.init.xavier_uniform_(layer.weight)
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj.conv.weight)
+
+    def init_weights(self) -> None:
+        """Re-apply the official initialisation of the head.
+
+        NOTE: transformers initialises the class bias with prior
+        ``1 / (num_classes + 1)``; we follow the official prior 0.01.
+        """
+        super().init_weights()
+        self._reset_parameters()
+
+    # --------------------------------------------------------------- forward
+    def forward(self, feats: Sequence[torch.Tensor],
+                gt_labels: Optional[Sequence[torch.Tensor]] = None,
+                gt_boxes: Optional[Sequence[torch.Tensor]] = None) -> RTDETRv2HeadOutputs:
+        """Decode the neck features into per-layer class logits and boxes.
+
+        Args:
+            feats (Sequence[Tensor]): Neck outputs, (B, C_l, H_l, W_l).
+            gt_labels (Sequence[Tensor], optional): Per image (n_i,) labels;
+                with ``gt_boxes`` enables denoising queries in training.
+            gt_boxes (Sequence[Tensor], optional): Per image (n_i, 4) cxcywh
+                normalised to the network input.
+
+        Returns:
+            RTDETRv2HeadOutputs: see its docstring.
+        """
+        memory, spatial_shapes = self._flatten_levels(feats)
+        num_queries = min(self.num_queries, memory.shape[1])
+
+        dn_content = dn_boxes_logit = attn_mask = dn_meta = None
+        if self.training and self.num_denoising > 0 and gt_labels is not None:
+            dn_content, dn_boxes_logit, attn_mask, dn_meta = build_denoising_queries(
+                gt_labels, gt_boxes, self.num_classes, num_queries,
+                self.denoising_class_embed, self.num_denoising,
+                self.label_noise_ratio, self.box_noise_scale)
+
+        content, ref_logit, enc_logits, enc_boxes = self._select_queries(
+            memory, spatial_shapes, num_queries)
+        if dn_meta is not None:
+            content = torch.cat([dn_content.to(content.dtype), content], 1)
+            ref_logit = torch.cat([dn_boxes_logit.to(ref_logit.dtype), ref_logit], 1)
+
+        boxes, logits = self.decoder(content, ref_logit, memory, spatial_shapes,
+                                     self.dec_bbox_head, self.dec_score_head,
+                                     self.query_pos_head, attn_mask=attn_mask)
+        outs = RTDETRv2HeadOutputs(cls_scores=logits, bbox_preds=boxes,
+                                   enc_cls_scores=enc_logits, enc_bbox_preds=enc_boxes)
+        if dn_meta is not None:
+            n = dn_meta.num_dn_queries
+            outs.dn_cls_scores, outs.cls_scores = logits[:, :, :n], logits[:, :, n:]
+            outs.dn_bbox_preds, outs.bbox_preds = boxes[:, :, :n], boxes[:, :, n:]
+            outs.dn_meta = dn_meta
+        return outs
+
+    def _flatten_levels(self, feats: Sequence[torch.Tensor]
+                        ) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+        """Project every level to ``hidden_dim`` and flatten.
+
+        Returns:
+            tuple: memory (B, sum(H_l*W_l), hidden_dim) and [(H_l, W_l)].
+        """
+        if len(feats) != self.num_inputs:
+            raise ValueError(f'RTDETRv2Head got {len(feats)} feature maps, expected '
+                             f'{self.num_inputs} (len(in_channels))')
+        projected = [self.input_proj[i](f) for i, f in enumerate(feats)]
+        for i in range(len(feats), self.num_levels):
+            projected.append(self.input_proj[i](feats[-1] if i == len(feats) else projected[-1]))
+        shapes = [(int(p.shape[2]), int(p.shape[3])) for p in projected]
+        memory = torch.cat([p.flatten(2).transpose(1, 2) for p in projected], 1)
+        return memory, shapes
+
+    def _anchors(self, spatial_shapes: List[Tuple[int, int]], ref: torch.Tensor
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Anchors for these feature sizes, cached per (shapes, device, dtype) so
+        any input size works (no fixed ``eval_spatial_size``)."""
+        key = (tuple(spatial_shapes), ref.device, ref.dtype)
+        if key not in self._anchor_cache:
+            self._anchor_cache[key] = generate_anchors(
+                spatial_shapes, self.anchor_grid_size, self.anchor_eps,
+                device=ref.device, dtype=ref.dtype)
+        return self._anchor_cache[key]
+
+    def _select_queries(self, memory: torch.Tensor, spatial_shapes: List[Tuple[int, int]],
+                        num_queries: int):
+        """Score every memory token and keep the top ``num_queries``.
+
+        Args:
+            memory (Tensor): (B, S, hidden_dim).
+            spatial_shapes (list[tuple[int, int]]): (H_l, W_l) per level.
+            num_queries (int): Tokens kept.
+
+        Returns:
+            tuple: content (B, Nq, hidden_dim) detached; reference boxes as
+            logits (B, Nq, 4) detached; encoder top-k logits (B, Nq, C) and
+            boxes (B, Nq, 4) cxcywh normalised (both None in eval).
+        """
+        anchors, valid_mask = self._anchors(spatial_shapes, memory)
+        output_memory = self.enc_output(memory * valid_mask.to(memory.dtype))
+        enc_logits = self.enc_score_head(output_memory)
+        topk_ind = enc_logits.max(-1).values.topk(num_queries, dim=1).indices
+        topk_memory = _gather_tokens(output_memory, topk_ind)
+        topk_anchors = _gather_tokens(anchors.expand(memory.shape[0], -1, -1), topk_ind)
+        topk_box_logit = self.enc_bbox_head(topk_memory) + topk_anchors
+        enc_topk_logits = enc_topk_boxes = None
+        if self.training:
+            enc_topk_logits = _gather_tokens(enc_logits, topk_ind)
+            enc_topk_boxes = topk_box_logit.sigmoid()
+        return topk_memory.detach(), topk_box_logit.detach(), enc_topk_logits, enc_topk_boxes
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, feats: Sequence[torch.Tensor], batch_data_samples: SampleList) -> dict:
+        """Forward with denoising and compute every loss term.
+
+        Args:
+            feats (Sequence[Tensor]): Neck outputs.
+            batch_data_samples (list[DetDataSample]): With ``gt_instances``
+                (bboxes xyxy pixels of the network input, labels) and
+                ``batch_input_shape`` in their metainfo.
+
+        Returns:
+            dict[str, Tensor]: ``loss_cls/loss_bbox/loss_iou`` (last layer),
+            ``d{i}.loss_*`` (earlier layers), ``enc_loss_*`` (encoder top-k),
+            ``dn_loss_*`` and ``d{i}.dn_loss_*`` (denoising).
+        """
+        gt_labels, gt_boxes, input_shapes = self._normalised_gts(batch_data_samples)
+        outs = self(feats, gt_labels, gt_boxes)
+        return self.loss_by_feat(outs, gt_labels, gt_boxes, input_shapes)
+
+    def loss_by_feat(self, outs: RTDETRv2HeadOutputs, gt_labels: List[torch.Tensor],
+                     gt_boxes: List[torch.Tensor],
+                     input_shapes: List[Tuple[int, int]]) -> Dict[str, torch.Tensor]:
+        """Loss terms of every output (see :meth:`loss`).
+
+        Args:
+            outs (RTDETRv2HeadOutputs): Training outputs.
+            gt_labels (list[Tensor]): Per image (n_i,) labels.
+            gt_boxes (list[Tensor]): Per image (n_i, 4) cxcywh normalised.
+            input_shapes (list[tuple[int, int]]): (H, W) of the network input
+                of each image, to compute GIoU in pixels.
+        """
+        num_gts = [len(labels) for labels in gt_labels]
+        num_boxes = self._num_boxes(sum(num_gts), outs.cls_scores.device)
+        losses = {}
+        num_layers = outs.cls_scores.shape[0]
+        for layer in range(num_layers):
+            prefix = '' if layer == num_layers - 1 else f'd{layer}.'
+            cls_scores, bbox_preds = outs.cls_scores[layer], outs.bbox_preds[layer]
+            indices = self._match(cls_scores, bbox_preds, gt_labels, gt_boxes, input_shapes)
+            losses.update(self._loss_terms(cls_scores, bbox_preds, gt_labels, gt_boxes,
+                                           input_shapes, indices, num_boxes, prefix))
+        if outs.enc_cls_scores is not None:
+            indices = self._match(outs.enc_cls_scores, outs.enc_bbox_preds, gt_labels,
+                                  gt_boxes, input_shapes)
+            losses.update(self._loss_terms(outs.enc_cls_scores, outs.enc_bbox_preds,
+                                           gt_labels, gt_boxes, input_shapes, indices,
+                                           num_boxes, 'enc_'))
+        if outs.dn_meta is not None:
+            indices = outs.dn_meta.gt_indices(num_gts)
+            dn_num_boxes = num_boxes * outs.dn_meta.num_groups
+            for layer in range(num_layers):
+                prefix = 'dn_' if layer == num_layers - 1 else f'd{layer}.dn_'
+                losses.update(self._loss_terms(outs.dn_cls_scores[layer],
+                                               outs.dn_bbox_preds[layer], gt_labels,
+                                               gt_boxes, input_shapes, indices,
+                                               dn_num_boxes, prefix))
+        return losses
+
+    def _num_boxes(self, local_count: int, device: torch.device) -> float:
+        """GT boxes averaged over ranks, at least 1 (official normaliser)."""
+        count = torch.tensor(float(local_count), device=device)
+        return reduce_mean(count).clamp(min=1).item()
+
+    @torch.no_grad()
+    def _match(self, cls_scores: torch.Tensor, bbox_preds: torch.Tensor,
+               gt_labels: List[torch.Tensor], gt_boxes: List[torch.Tensor],
+               input_shapes: List[Tuple[int, int]]) -> MatchIndices:
+        """Hungarian matching per image.
+
+        Args:
+            cls_scores (Tensor): (B, Nq, C) logits.
+            bbox_preds (Tensor): (B, Nq, 4) cxcywh normalised.
+
+        Returns:
+            list[tuple[Tensor, Tensor]]: per image (query indices, GT indices).
+        """
+        if self.assigner is None:
+            raise RuntimeError('RTDETRv2Head needs train_cfg.assigner to compute the loss')
+        indices = []
+        for i, (labels, boxes) in enumerate(zip(gt_labels, gt_boxes)):
+            h, w = input_shapes[i]
+            scale = boxes.new_tensor([w, h, w, h])
+            pred = InstanceData(scores=cls_scores[i].float(),
+                                bboxes=bbox_cxcywh_to_xyxy(bbox_preds[i].float()) * scale)
+            gt = InstanceData(labels=labels, bboxes=bbox_cxcywh_to_xyxy(boxes.float()) * scale)
+            result = self.assigner.assign(pred, gt, img_meta=dict(img_shape=(h, w)))
+            query_idx = torch.nonzero(result.gt_inds > 0, as_tuple=False).squeeze(1)
+            indices.append((query_idx, result.gt_inds[query_idx] - 1))
+        return indices
+
+    def _loss_terms(self, cls_scores: torch.Tensor, bbox_preds: torch.Tensor,
+                    gt_labels: List[torch.Tensor], gt_boxes: List[torch.Tensor],
+                    input_shapes: List[Tuple[int, int]], indices: MatchIndices,
+                    num_boxes: float, prefix: str) -> Dict[str, torch.Tensor]:
+        """Classification, L1 and GIoU loss of one output for fixed matches.
+
+        Args:
+            cls_scores (Tensor): (B, N, C) logits.
+            bbox_preds (Tensor): (B, N, 4) cxcywh normalised.
+            indices (list[tuple[Tensor, Tensor]]): (query idx, GT idx) per image.
+            num_boxes (float): Normaliser.
+            prefix (str): Key prefix (``''``, ``'d0.'``, ``'enc_'``, ``'dn_'``...).
+
+        NOTE: losses are computed in fp32 whatever the autocast dtype.
+        """
+        cls_scores, bbox_preds = cls_scores.float(), bbox_preds.float()
+        bs, num_preds, _ = cls_scores.shape
+        batch_idx = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)])
+        query_idx = torch.cat([q for q, _ in indices])
+        matched_labels = torch.cat([labels[g] for labels, (_, g) in zip(gt_labels, indices)])
+        target_boxes = torch.cat([boxes[g] for boxes, (_, g) in zip(gt_boxes, indices)]).float()
+        scales = torch.cat([
+            target_boxes.new_tensor([w, h, w, h]).expand(len(q), 4)
+            for (h, w), (q, _) in zip(input_shapes, indices)])
+
+        pred_boxes = bbox_preds[batch_idx, query_idx]
+        pred_xyxy = bbox_cxcywh_to_xyxy(pred_boxes) * scales
+        target_xyxy = bbox_cxcywh_to_xyxy(target_boxes) * scales
+        ious = bbox_overlaps(pred_xyxy.detach(), target_xyxy, is_aligned=True)
+
+        labels = torch.full((bs, num_preds), self.num_classes, dtype=torch.long,
+                            device=cls_scores.device)
+        labels[batch_idx, query_idx] = matched_labels
+        iou_targets = cls_scores.new_zeros((bs, num_preds))
+        iou_targets[batch_idx, query_idx] = ious
+        loss_cls = self.loss_cls(cls_scores.flatten(0, 1), labels.flatten(),
+                                 iou_targets.flatten(), avg_factor=num_boxes)
+        loss_bbox = self.loss_bbox(pred_boxes, target_boxes, avg_factor=num_boxes)
+        loss_iou = self.loss_iou(pred_xyxy, target_xyxy, avg_factor=num_boxes)
+        if len(query_idx) == 0:
+            # Keep every box-head parameter in the graph (DDP without
+            # find_unused_parameters) when there is nothing to regress.
+            loss_bbox = loss_bbox + bbox_preds.sum() * 0
+            loss_iou = loss_iou + bbox_preds.sum() * 0
+        return {f'{prefix}loss_cls': loss_cls, f'{prefix}loss_bbox': loss_bbox,
+                f'{prefix}loss_iou': loss_iou}
+
+    # --------------------------------------------------------------- predict
+    def predict(self, feats: Sequence[torch.Tensor], batch_data_samples: SampleList,
+                rescale: bool = True) -> InstanceList:
+        """Detect objects.
+
+        Returns:
+            list[InstanceData]: per image ``bboxes`` (K, 4) xyxy pixels of the
+            original image when ``rescale`` (else of the network input),
+            ``scores`` (K,) sigmoid scores, ``labels`` (K,); K =
+            ``test_cfg.max_per_img`` (300), sorted by score.
+        """
+        outs = self(feats)
+        batch_img_metas = [ds.metainfo for ds in batch_data_samples]
+        return self.predict_by_feat(outs.cls_scores[-1], outs.bbox_preds[-1],
+                                    batch_img_metas, rescale)
+
+    def predict_by_feat(self, cls_scores: torch.Tensor, bbox_preds: torch.Tensor,
+                        batch_img_metas: List[dict], rescale: bool = True) -> InstanceList:
+        """Top-k over the sigmoid scores of all (query, class) pairs.
+
+        Args:
+            cls_scores (Tensor): (B, Nq, C) logits.
+            bbox_preds (Tensor): (B, Nq, 4) cxcywh normalised to the input.
+            batch_img_metas (list[dict]): ``batch_input_shape`` (or
+                ``img_shape``) and, for ``rescale``, ``scale_factor`` (w, h).
+
+        NOTE: like the official post-processor and unlike mmdet's DETR heads,
+        boxes are not clipped to the image.
+        """
+        max_per_img = self.test_cfg.get('max_per_img', self.num_queries)
+        results = []
+        for scores, boxes, meta in zip(cls_scores, bbox_preds, batch_img_metas):
+            h, w = meta.get('batch_input_shape', meta['img_shape'])[:2]
+            flat = scores.float().sigmoid().flatten()
+            top_scores, top_idx = flat.topk(min(max_per_img, flat.numel()))
+            labels = top_idx % self.num_classes
+            query_idx = torch.div(top_idx, self.num_classes, rounding_mode='floor')
+            det = bbox_cxcywh_to_xyxy(boxes[query_idx].float()) * boxes.new_tensor(
+                [w, h, w, h]).float()
+            if rescale and 'scale_factor' in meta:
+                det = det / det.new_tensor(meta['scale_factor']).repeat(2)
+            results.append(InstanceData(bboxes=det, scores=top_scores, labels=labels))
+        return results
+
+    # ----------------------------------------------------------------- utils
+    def _normalised_gts(self, batch_data_samples: SampleList):
+        """GT labels and cxcywh boxes normalised to each sample's network input
+        size (``batch_input_shape``, as the model sees the image).
+
+        NOTE: mmdet's DETR heads normalise by ``img_shape``; with the fixed
+        640x640 resize of RT-DETR both are equal, and ``batch_input_shape``
+        stays right when images are padded.
+        """
+        labels, boxes, shapes = [], [], []
+        for ds in batch_data_samples:
+            h, w = ds.metainfo.get('batch_input_shape', ds.metainfo['img_shape'])[:2]
+            xyxy = get_box_tensor(ds.gt_instances.bboxes)
+            scale = xyxy.new_tensor([w, h, w, h])
+            boxes.append(bbox_xyxy_to_cxcywh(xyxy / scale))
+            labels.append(ds.gt_instances.labels.long())
+            shapes.append((int(h), int(w)))
+        return labels, boxes, shapes
+
+
+def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, k], :]`` for (B, S, D) ``x`` and (B, K) ``index``."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

@@ -1,0 +1,128 @@
+"""Contrastive denoising (CDN) query groups for RT-DETR(v2) training."""
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
+
+from .mlp import inverse_sigmoid
+
+
+@dataclass
+class DenoisingMeta:
+    """Bookkeeping of one batch's denoising queries.
+
+    Attributes:
+        positive_idx (list[Tensor]): Per image, the indices (among the
+            ``num_dn_queries`` denoising queries) of the positive queries, in
+            the order group 0 GT 0..n-1, group 1 GT 0..n-1, ...; shape
+            (num_gt_i * num_groups,).
+        num_groups (int): Denoising groups (each = positives + negatives).
+        num_dn_queries (int): Denoising queries placed before the matching
+            queries (``2 * max_gt * num_groups``).
+    """
+    positive_idx: List[torch.Tensor]
+    num_groups: int
+    num_dn_queries: int
+
+    def gt_indices(self, num_gts: Sequence[int]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Fixed (query index, GT index) pairs of the positive queries."""
+        pairs = []
+        for idx, n in zip(self.positive_idx, num_gts):
+            gt_idx = torch.arange(n, device=idx.device).repeat(self.num_groups)
+            pairs.append((idx, gt_idx))
+        return pairs
+
+
+def build_denoising_queries(
+        gt_labels: Sequence[torch.Tensor], gt_boxes: Sequence[torch.Tensor],
+        num_classes: int, num_queries: int, class_embed: nn.Embedding,
+        num_denoising: int = 100, label_noise_ratio: float = 0.5,
+        box_noise_scale: float = 1.0
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor],
+           Optional[DenoisingMeta]]:
+    """Build noised GT queries, their attention mask and metadata.
+
+    Args:
+        gt_labels (Sequence[Tensor]): Per image, labels in [0, num_classes),
+            shape (n_i,).
+        gt_boxes (Sequence[Tensor]): Per image, cxcywh normalised, (n_i, 4).
+        num_classes (int): Classes; ``num_classes`` is the padding label.
+        num_queries (int): Matching queries that follow the denoising ones.
+        class_embed (nn.Embedding): (num_classes + 1, d) label embedding,
+            padding_idx = num_classes.
+        num_denoising (int): Budget of denoising queries; groups =
+            max(1, num_denoising // max_gt).
+        label_noise_ratio (float): A GT label is replaced by a random class
+            with probability ``label_noise_ratio / 2``.
+        box_noise_scale (float): Corner noise relative to half the box size;
+            positives move by < 1, negatives by [1, 2) of it.
+
+    Returns:
+        tuple: ``(query_content (B, Ndn, d), query_boxes_logit (B, Ndn, 4),
+        attn_mask (Ndn + num_queries,)*2 bool, True = blocked, meta)``, or all
+        ``None`` when ``num_denoising <= 0``.
+
+    NOTE: when the batch holds no GT at all we still build one group of two
+    padding queries (label = padding, box = 0) instead of skipping
+    denoising, as the official code does since its fix for DDP hangs
+    (lyuwenyu/RT-DETR#684): every rank then runs the same graph and every
+    parameter gets a gradient.
+    """
+    if num_denoising <= 0:
+        return None, None, None, None
+    num_gts = [len(labels) for labels in gt_labels]
+    device = class_embed.weight.device
+    bs = len(num_gts)
+    max_gt = max(num_gts, default=0)
+    # Empty batch: one group of 2 padding queries (see NOTE above).
+    num_groups = max(num_denoising // max_gt, 1) if max_gt else 1
+    max_gt = max(max_gt, 1)
+
+    query_class = torch.full((bs, max_gt), num_classes, dtype=torch.long, device=device)
+    query_boxes = torch.zeros((bs, max_gt, 4), device=device)
+    pad_gt_mask = torch.zeros((bs, max_gt), dtype=torch.bool, device=device)
+    for i, n in enumerate(num_gts):
+        if n:
+            query_class[i, :n] = gt_labels[i]
+            query_boxes[i, :n] = gt_boxes[i].to(query_boxes.dtype)
+            pad_gt_mask[i, :n] = True
+    # Every group = max_gt positives followed by max_gt negatives.
+    query_class = query_class.tile(1, 2 * num_groups)
+    query_boxes = query_boxes.tile(1, 2 * num_groups, 1)
+    pad_gt_mask = pad_gt_mask.tile(1, 2 * num_groups)
+    negative = torch.zeros((bs, 2 * max_gt, 1), device=device)
+    negative[:, max_gt:] = 1
+    negative = negative.tile(1, num_groups, 1)
+    positive = (1 - negative).squeeze(-1) * pad_gt_mask
+    positive_idx = torch.nonzero(positive)[:, 1].split([n * num_groups for n in num_gts])
+    num_dn = 2 * max_gt * num_groups
+
+    if label_noise_ratio > 0:
+        flip = torch.rand(query_class.shape, device=device) < label_noise_ratio * 0.5
+        random_labels = torch.randint_like(query_class, 0, num_classes)
+        query_class = torch.where(flip & pad_gt_mask, random_labels, query_class)
+
+    if box_noise_scale > 0:
+        corners = bbox_cxcywh_to_xyxy(query_boxes)
+        half_wh = (query_boxes[..., 2:] * 0.5).tile(1, 1, 2) * box_noise_scale
+        sign = torch.randint_like(query_boxes, 0, 2) * 2.0 - 1.0
+        magnitude = torch.rand_like(query_boxes)
+        magnitude = (magnitude + 1.0) * negative + magnitude * (1 - negative)
+        corners = (corners + magnitude * sign * half_wh).clip(min=0.0, max=1.0)
+        query_boxes = bbox_xyxy_to_cxcywh(corners)
+    boxes_logit = inverse_sigmoid(query_boxes)
+    content = class_embed(query_class)
+
+    size = num_dn + num_queries
+    attn_mask = torch.zeros((size, size), dtype=torch.bool, device=device)
+    attn_mask[num_dn:, :num_dn] = True  # matching queries cannot see denoising ones
+    group = 2 * max_gt
+    for g in range(num_groups):  # groups cannot see each other
+        rows = slice(group * g, group * (g + 1))
+        attn_mask[rows, group * (g + 1):num_dn] = True
+        attn_mask[rows, :group * g] = True
+    meta = DenoisingMeta(positive_idx=list(positive_idx), num_groups=num_groups,
+                         num_dn_queries=num_dn)
+    return content, boxes_logit, attn_mask, meta
