@@ -1,0 +1,42 @@
+"""Build rtdetr_mm models from the shipped configs for tests."""
+import os.path as osp
+
+import torch
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+from mmdet.structures.bbox import HorizontalBoxes
+from mmengine.config import Config
+from mmengine.structures import InstanceData
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
+
+
+def build_model(config: str = R18, **head_overrides):
+    cfg = Config.fromfile(config)
+    cfg.model.bbox_head.update(head_overrides)
+    return MODELS.build(cfg.model)
+
+
+def data_samples(boxes_xyxy, labels, shape):
+    """DetDataSamples with GT boxes (xyxy pixels of the input) and metas."""
+    samples = []
+    for b, l in zip(boxes_xyxy, labels):
+        ds = DetDataSample(metainfo=dict(img_shape=shape, batch_input_shape=shape,
+                                         ori_shape=shape, scale_factor=(1.0, 1.0)))
+        ds.gt_instances = InstanceData(bboxes=HorizontalBoxes(torch.as_tensor(b).float().reshape(-1, 4)),
+                                       labels=torch.as_tensor(l).long())
+        samples.append(ds)
+    return samples
+
+
+def random_gts(num_per_image, shape, num_classes=80, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    h, w = shape
+    boxes, labels = [], []
+    for n in num_per_image:
+        xy = torch.rand(n, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])
+        wh = torch.rand(n, 2, generator=gen) * torch.tensor([w * 0.3, h * 0.3]) + 8
+        boxes.append(torch.cat([xy, xy + wh], 1))
+        labels.append(torch.randint(0, num_classes, (n,), generator=gen))
+    return boxes, labels
