@@ -1,0 +1,284 @@
+"""Load mmengine checkpoints with ``torch.load(weights_only=True)``.
+
+mmengine 0.10.7 calls ``torch.load`` without ``weights_only``. Since torch 2.6
+that means ``weights_only=True``, and the restricted unpickler rejects the
+few non-tensor types that mmengine writes into every checkpoint it saves, so
+``--resume`` and ``load_from`` fail with "Unsupported global: ...".
+
+We do not turn the restriction off (no ``weights_only=False``, no
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``): a checkpoint is a pickle, and a pickle
+that may call arbitrary globals runs arbitrary code. Instead
+:func:`register_safe_globals` allow-lists exactly the globals that an
+mmengine ``Runner`` checkpoint contains. They were found by training a tiny
+mmdet detector with the Runner (epoch- and iteration-based loops, validation
+with ``save_best``, ``EMAHook``, ``max_keep_ckpts``) and listing
+``torch.serialization.get_unsafe_globals_in_checkpoint`` of what it saved
+(see ``tests/test_checkpoint_safety.py``). Everything else in such a
+checkpoint (``OrderedDict`` state dicts, tensors, optimizer and scheduler
+states, ``meta`` with the config as a *string*, ``dataset_meta``) is already
+allowed by torch. The globals are:
+
+* ``mmengine.logging.history_buffer.HistoryBuffer``: the message hub's
+  ``log_scalars``.
+* ``builtins.getattr``: ``HistoryBuffer.__getstate__`` stores its statistics
+  methods (``HistoryBuffer.min`` ...), which pickle protocol 2 writes as
+  ``getattr(HistoryBuffer, 'min')``. We never allow the real ``getattr``: the
+  name is bound to :func:`_history_buffer_getattr`, which only returns
+  HistoryBuffer's registered statistics methods.
+* numpy: ``numpy._core.multiarray._reconstruct``, ``numpy.ndarray`` and
+  ``numpy.dtype`` (the ``float64``/``int64`` arrays inside a HistoryBuffer),
+  ``numpy._core.multiarray.scalar`` (numpy scalars in the message hub's
+  ``runtime_info``, e.g. ``eta``), plus the classes of the fixed-size numeric
+  dtypes (``numpy.dtypes.Float64DType`` ...), which the unpickler must be
+  allowed to ``BUILD``. The ``numpy.core.multiarray`` spellings are registered
+  too, so checkpoints written under numpy 1 load under numpy 2 and back.
+  Object, string and structured dtypes are not allowed.
+
+Two loading paths get a wrapper (mmengine's source is untouched):
+mmengine's registered checkpoint loaders, so that a refusal names the file
+and the global; and ``mmengine.runner.checkpoint.load_url`` (behind
+``http(s)://``, ``open-mmlab://``, ``torchvision://``, ``mmcls://``), which
+is ``torch.hub.load_state_dict_from_url`` and would otherwise unpickle
+without restriction (its ``weights_only`` defaults to False).
+"""
+import functools
+import inspect
+import os.path as osp
+import pickle
+import re
+from typing import Any, Callable, List, Optional
+
+import numpy as np
+import torch
+from torch.serialization import add_safe_globals
+
+__all__ = ['register_safe_globals', 'safe_load_checkpoint',
+           'safe_global_names', 'UnsafeCheckpointError']
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint holds a global outside the ``weights_only`` allow-list."""
+
+
+_REGISTERED = False
+
+# Numeric dtypes whose dtype *classes* may be rebuilt. mmengine writes float64
+# and int64 (HistoryBuffer) and float64 scalars; the other fixed-size numeric
+# types are listed so that a metric logged as e.g. np.float32 still resumes.
+_NUMERIC_DTYPES = ('?', 'b', 'B', 'h', 'H', 'i', 'I', 'l', 'L', 'q', 'Q', 'e',
+                   'f', 'd', 'g', 'F', 'D', 'G')
+
+# HistoryBuffer's default statistics methods (see its
+# ``_set_default_statistics``); methods added with
+# ``HistoryBuffer.register_statistics`` are accepted too.
+_HISTORY_BUFFER_DEFAULT_STATISTICS = ('min', 'max', 'current', 'mean')
+
+
+def _history_buffer_getattr(obj: Any, name: str) -> Callable:
+    """Stand-in for ``builtins.getattr`` inside ``weights_only`` loads.
+
+    Only ``getattr(HistoryBuffer, <statistics method>)`` is answered, which is
+    how pickle protocol 2 writes ``HistoryBuffer.min`` & co.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    allowed = set(_HISTORY_BUFFER_DEFAULT_STATISTICS)
+    allowed.update(HistoryBuffer._statistics_methods)
+    if obj is HistoryBuffer and isinstance(name, str) and name in allowed:
+        value = vars(HistoryBuffer).get(name)
+        if inspect.isfunction(value):
+            return value
+    raise pickle.UnpicklingError(
+        'Unsupported global: GLOBAL builtins.getattr is only allowed for '
+        f'HistoryBuffer statistics methods, not getattr({obj!r}, {name!r})')
+
+
+def _multiarray():
+    # numpy>=2 moved numpy.core to numpy._core (numpy.core still warns).
+    core = getattr(np, '_core', None)
+    if core is None:  # numpy 1.x
+        core = np.core
+    return core.multiarray
+
+
+def _safe_globals() -> List[Any]:
+    from mmengine.logging.history_buffer import HistoryBuffer
+    multiarray = _multiarray()
+    entries: List[Any] = [
+        HistoryBuffer,
+        (_history_buffer_getattr, 'builtins.getattr'),
+        np.ndarray,
+        np.dtype,
+    ]
+    for package in ('numpy._core', 'numpy.core'):
+        entries.append((multiarray._reconstruct,
+                        f'{package}.multiarray._reconstruct'))
+        entries.append((multiarray.scalar, f'{package}.multiarray.scalar'))
+    # dtype classes: numpy.dtypes.Float64DType (numpy>=1.25) or
+    # numpy.dtype[float64] (numpy 1.20-1.24). They are BUILD targets, not
+    # globals: np.dtype('f8', False, True) returns an instance of them.
+    entries.extend(sorted({type(np.dtype(c)) for c in _NUMERIC_DTYPES},
+                          key=lambda t: t.__name__))
+    return entries
+
+
+def safe_global_names() -> List[str]:
+    """The names this module adds to torch's ``weights_only`` allow-list."""
+    names = []
+    for entry in _safe_globals():
+        if isinstance(entry, tuple):
+            names.append(entry[1])
+        else:
+            names.append(f'{entry.__module__}.{entry.__qualname__}')
+    return names
+
+
+def register_safe_globals() -> None:
+    """Allow-list the types mmengine writes into checkpoints (idempotent).
+
+    Also makes mmengine's checkpoint loaders report a refused checkpoint with
+    :func:`safe_load_checkpoint`'s message (see :func:`_wrap_mmengine_loaders`).
+    """
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    add_safe_globals(_safe_globals())
+    _wrap_mmengine_loaders()
+    _REGISTERED = True
+
+
+_GLOBAL_PATTERNS = (
+    re.compile(r'GLOBAL ([\w.]+)'),
+    re.compile(r'unrecognized function (.+?)(?: which belongs to|$)', re.M),
+    re.compile(r'via `add_safe_globals`, but got (\S+)'),
+)
+
+
+def _offending_global(message: str) -> Optional[str]:
+    for pattern in _GLOBAL_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            name = match.group(1).rstrip('.')
+            # torch prints builtins without their module ("GLOBAL eval")
+            return name if '.' in name or '<' in name else f'builtins.{name}'
+    return None
+
+
+def _is_weights_only_error(err: BaseException) -> bool:
+    # torch prefixes every complaint of its restricted unpickler with this.
+    text = str(err)
+    return 'weights_only' in text or 'Weights only load failed' in text
+
+
+_TORCH_BOILERPLATE = ('weights_only', 'Weights only load failed',
+                      'Check the documentation', 'WeightsUnpickler error',
+                      'file an issue', 'trust the source')
+
+
+def _torch_detail(message: str) -> str:
+    """torch's reason, without its advice to pass ``weights_only=False``."""
+    lines = [line.strip() for line in message.splitlines()]
+    kept = [line for line in lines
+            if line and not any(b in line for b in _TORCH_BOILERPLATE)]
+    return ' '.join(kept) or 'rejected by the weights_only unpickler'
+
+
+def _refusal(filename: Any, err: BaseException) -> UnsafeCheckpointError:
+    name = _offending_global(str(err))
+    if name is None:
+        # e.g. a corrupt file or an opcode the restricted unpickler lacks
+        return UnsafeCheckpointError(
+            f'cannot load {filename} with torch.load(weights_only=True): '
+            f'{_torch_detail(str(err))}')
+    return UnsafeCheckpointError(
+        f'refusing to unpickle {name} from {filename}: checkpoints may only '
+        'contain tensors and the types mmengine writes; rtdetr_mm loads them '
+        'with torch.load(weights_only=True) and the allow-list in '
+        'rtdetr_mm/engine/checkpoint_safety.py. If you trust this file and '
+        f'{name} is plain data, allow-list it with '
+        'torch.serialization.add_safe_globals([...]) before loading.')
+
+
+def safe_load_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
+    """``torch.load(path, weights_only=True)`` with a clear refusal message.
+
+    Raises:
+        UnsafeCheckpointError: a ``RuntimeError``: the file holds a global
+            that is not allow-listed (for example a pickled callable); the
+            message names the file and the global.
+    """
+    register_safe_globals()
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        if _is_weights_only_error(err):
+            raise _refusal(path, err) from None
+        raise
+
+
+def _load_from_local(filename: str, map_location: Optional[Any] = None):
+    """mmengine's ``load_from_local`` with ``weights_only=True`` explicit."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return safe_load_checkpoint(filename, map_location=map_location)
+
+
+# mmengine logs "Loads checkpoint by <name[10:]> backend".
+_load_from_local.__name__ = 'load_from_local'
+
+
+def _with_clear_refusal(loader: Callable) -> Callable:
+
+    @functools.wraps(loader)
+    def wrapped(filename, *args, **kwargs):
+        try:
+            return loader(filename, *args, **kwargs)
+        except UnsafeCheckpointError:
+            raise
+        except (pickle.UnpicklingError, RuntimeError) as err:
+            if _is_weights_only_error(err):
+                raise _refusal(filename, err) from None
+            raise
+
+    wrapped._rtdetr_mm_safe = True  # type: ignore[attr-defined]
+    return wrapped
+
+
+def _load_url_weights_only(url: str,
+                           model_dir: Optional[str] = None,
+                           map_location: Optional[Any] = None,
+                           progress: bool = True,
+                           check_hash: bool = False,
+                           file_name: Optional[str] = None) -> Any:
+    """mmengine's ``load_url`` for torch>=1.7, with ``weights_only=True``."""
+    register_safe_globals()
+    try:
+        return torch.hub.load_state_dict_from_url(
+            url, model_dir=model_dir, map_location=map_location,
+            progress=progress, check_hash=check_hash, file_name=file_name,
+            weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        if _is_weights_only_error(err):
+            raise _refusal(url, err) from None
+        raise
+
+
+def _wrap_mmengine_loaders() -> None:
+    # Why wrap: mmengine's loaders call torch.load themselves, and only a
+    # wrapper can turn torch's error into our message (re-registered through
+    # mmengine's public CheckpointLoader.register_scheme; weights_only stays
+    # True, mmengine's source is untouched).
+    from mmengine.runner.checkpoint import CheckpointLoader
+    for prefix, loader in list(CheckpointLoader._schemes.items()):
+        if getattr(loader, '_rtdetr_mm_safe', False):
+            continue
+        if prefix == '':
+            new_loader = _with_clear_refusal(_load_from_local)
+        else:
+            new_loader = _with_clear_refusal(loader)
+        CheckpointLoader.register_scheme(prefix, new_loader, force=True)
+    # Why replace load_url: mmengine's http/open-mmlab/torchvision/mmcls
+    # loaders call it, and it is torch.hub.load_state_dict_from_url, whose
+    # weights_only defaults to False, i.e. unrestricted unpickling.
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    mmengine_checkpoint.load_url = _load_url_weights_only

@@ -1,0 +1,191 @@
+"""mmengine checkpoints load with ``weights_only=True``; pickled code does not.
+
+A tiny mmdet detector (RetinaNet on a ResNet-18 with 8 base channels, no
+pretrained weights) is trained for 2 iterations on a 2-image synthetic COCO
+set with the real mmengine Runner, including the parts of an RT-DETRv2 run
+that put state into a checkpoint: EMAHook, parameter schedulers, AdamW with
+per-key lr multipliers, validation with CocoMetric and ``save_best``.
+"""
+import os
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+from tiny_mmdet import make_coco, tiny_cfg
+
+import rtdetr_mm  # noqa: F401  (registers the allow-list)
+from rtdetr_mm.engine.checkpoint_safety import (safe_global_names,
+                                                safe_load_checkpoint)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """(data_root, work_dir, checkpoint) after 1 epoch = 2 iterations."""
+    from mmengine.runner import Runner
+    base = tmp_path_factory.mktemp('ckpt_safety')
+    data_root = str(base / 'data')
+    make_coco(data_root)
+    work_dir = str(base / 'run1')
+    runner = Runner.from_cfg(tiny_cfg(data_root, work_dir, max_epochs=1))
+    runner.train()
+    assert runner.iter == 2
+    ckpt = osp.join(work_dir, 'epoch_1.pth')
+    assert osp.isfile(ckpt)
+    return data_root, work_dir, ckpt
+
+
+def test_no_force_env():
+    forced = [k for k in os.environ if k.startswith('TORCH_FORCE')]
+    assert forced == [], forced
+
+
+def test_runner_checkpoint_loads_weights_only(trained):
+    _, _, ckpt = trained
+    assert not any(k.startswith('TORCH_FORCE') for k in os.environ)
+    # Every global in the checkpoint beyond torch's defaults is one we
+    # allow-list (listed with our allow-list taken out for a moment) ...
+    ours = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        needed = set(
+            torch.serialization.get_unsafe_globals_in_checkpoint(ckpt))
+    finally:
+        torch.serialization.add_safe_globals(ours)
+    print('globals beyond torch defaults:', sorted(needed))
+    assert needed <= set(safe_global_names()), needed - set(
+        safe_global_names())
+    assert 'mmengine.logging.history_buffer.HistoryBuffer' in needed
+    # ... and plain torch.load with weights_only=True reads all of it.
+    checkpoint = torch.load(ckpt, map_location='cpu', weights_only=True)
+    assert {'meta', 'state_dict', 'message_hub', 'optimizer',
+            'param_schedulers', 'ema_state_dict'} <= set(checkpoint)
+    assert checkpoint['meta']['iter'] == 2
+    assert isinstance(checkpoint['meta']['cfg'], str)
+    from mmengine.logging import HistoryBuffer
+    scalars = checkpoint['message_hub']['log_scalars']
+    assert isinstance(scalars['train/loss'], HistoryBuffer)
+    assert len(scalars['train/loss'].data[0]) == 2
+    assert 'best_score' in checkpoint['message_hub']['runtime_info']
+
+
+def test_resume_continues_iterations(trained, tmp_path):
+    from mmengine.runner import Runner
+    data_root, _, ckpt = trained
+    work_dir = str(tmp_path / 'run2')
+    cfg = tiny_cfg(data_root, work_dir, max_epochs=2)
+    cfg.resume = True
+    cfg.load_from = ckpt
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.epoch == 2
+    assert runner.iter == 4
+    resumed = safe_load_checkpoint(osp.join(work_dir, 'epoch_2.pth'))
+    assert resumed['meta']['iter'] == 4
+    # history from the first run is carried over, not restarted
+    loss_history = resumed['message_hub']['log_scalars']['train/loss']
+    assert len(loss_history.data[0]) == 4
+    steps = {int(s['step']) for s in resumed['optimizer']['state'].values()}
+    assert steps == {4}
+
+
+class _RunsCommand:
+    """Unpickles to ``os.system('touch <marker>')``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}', ))
+
+
+class _ReadsAttribute:
+    """Unpickles to ``getattr(HistoryBuffer, 'update')`` (not a statistic)."""
+
+    def __reduce__(self):
+        from mmengine.logging import HistoryBuffer
+        return (getattr, (HistoryBuffer, 'update'))
+
+
+@pytest.mark.parametrize('payload,global_name', [
+    (lambda marker: os.system, 'system'),
+    (lambda marker: _RunsCommand(marker), 'system'),
+    (lambda marker: eval, 'builtins.eval'),
+    (lambda marker: _ReadsAttribute(), 'builtins.getattr'),
+])
+def test_malicious_checkpoint_refused(tmp_path, payload, global_name):
+    from mmengine.runner import load_checkpoint
+    marker = tmp_path / 'pwned'
+    path = str(tmp_path / 'evil.pth')
+    torch.save({'state_dict': {}, 'x': payload(marker)}, path)
+
+    with pytest.raises(RuntimeError) as info:
+        safe_load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith('refusing to unpickle')
+    assert path in message and global_name in message
+
+    with pytest.raises(RuntimeError) as info:
+        load_checkpoint(torch.nn.Linear(1, 1), path, map_location='cpu')
+    message = str(info.value)
+    assert message.startswith('refusing to unpickle')
+    assert path in message and global_name in message
+    assert 'weights_only=False' not in message
+    assert not marker.exists()
+
+
+def test_corrupt_file_is_not_reported_as_refusal(tmp_path):
+    path = tmp_path / 'broken.pth'
+    path.write_bytes(b'not a checkpoint')
+    with pytest.raises(RuntimeError) as info:
+        safe_load_checkpoint(str(path))
+    message = str(info.value)
+    assert 'refusing to unpickle' not in message
+    assert str(path) in message and 'weights_only=False' not in message
+
+
+def test_plain_pickle_of_callable_is_refused(tmp_path):
+    # a legacy (non-zip) torch file goes through the same restricted unpickler
+    path = str(tmp_path / 'legacy.pth')
+    torch.save({'x': os.system}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(RuntimeError, match='refusing to unpickle'):
+        safe_load_checkpoint(path)
+    with open(path, 'rb') as f:  # sanity: it really is a pickled callable
+        assert b'system' in f.read()
+
+
+def test_numpy1_spelling_loads(tmp_path):
+    # checkpoints written under numpy 1 say numpy.core.multiarray.*
+    import io
+    from mmengine.logging import HistoryBuffer
+    buffer = io.BytesIO()
+    torch.save({'hb': HistoryBuffer([1.5], [1]), 'eta': np.float64(2.0)},
+               buffer, _use_new_zipfile_serialization=False)
+    data = buffer.getvalue()
+    assert b'numpy._core.multiarray' in data
+    path = tmp_path / 'numpy1.pth'
+    path.write_bytes(
+        data.replace(b'numpy._core.multiarray', b'numpy.core.multiarray'))
+    loaded = safe_load_checkpoint(str(path))
+    assert loaded['eta'] == 2.0
+    assert loaded['hb'].current() == 1.5
+
+
+def test_url_loaders_are_restricted(trained, tmp_path):
+    # mmengine's http/open-mmlab/torchvision loaders go through load_url,
+    # which is torch.hub.load_state_dict_from_url (weights_only=False by
+    # default); ours passes weights_only=True. file:// stands in for https.
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    _, _, ckpt = trained
+    good = mmengine_checkpoint.load_from_http(
+        'file://' + ckpt, model_dir=str(tmp_path / 'good'))
+    assert good['meta']['iter'] == 2
+
+    marker = tmp_path / 'pwned'
+    evil = str(tmp_path / 'evil.pth')
+    torch.save({'state_dict': {}, 'x': _RunsCommand(marker)}, evil)
+    with pytest.raises(RuntimeError, match='refusing to unpickle') as info:
+        mmengine_checkpoint.load_from_http(
+            'file://' + evil, model_dir=str(tmp_path / 'evil'))
+    assert 'file://' + evil in str(info.value)
+    assert not marker.exists()
