@@ -29,7 +29,7 @@ def _hf_reference(size, rgb, tmp_path, **overrides):
     for seed in range(5):
         model = build_hf_model(size, seed=seed, image=pixel_values, **overrides)
         dets, out = hf_detections(model, rgb)
-        if topk_gap(out) > 1e-3:  # unambiguous encoder top-300
+        if topk_gap(out) > 2e-4:  # unambiguous encoder top-300
             break
     else:
         pytest.fail('could not draw weights with an unambiguous top-300 selection')

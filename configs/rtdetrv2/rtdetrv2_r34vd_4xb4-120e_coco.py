@@ -18,3 +18,12 @@ optim_wrapper = dict(
         dict(regex=r'^backbone\.', lr_mult=0.5),
         dict(regex=r'^(neck|bbox_head)\..*(norm|bn|bias)', decay_mult=0.0),
     ]))
+
+# Strong augmentation and multi-scale stop 3 epochs before the end (official
+# policy epoch = max_epochs - 3).
+custom_hooks = [
+    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=1e-4, gamma=2000,
+         update_buffers=True, priority=49),
+    dict(type='RTDETRv2AugSwitchHook', stop_epochs_before_end=3,
+         switch_pipeline={{_base_.train_pipeline_no_strong_aug}}),
+]

@@ -29,3 +29,13 @@ optim_wrapper = dict(
         dict(regex=r'^backbone\.(?!.*norm)', lr_mult=0.1),
         dict(regex=r'^(neck|bbox_head)\..*(norm|bn)', decay_mult=0.0),
     ]))
+
+# Official stop_epoch policy: the last epoch(s) train without photometric
+# distortion / zoom-out / IoU crop and without multi-scale (counted from the
+# end, so changing max_epochs moves it).
+custom_hooks = [
+    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=1e-4, gamma=2000,
+         update_buffers=True, priority=49),
+    dict(type='RTDETRv2AugSwitchHook', stop_epochs_before_end=1,
+         switch_pipeline={{_base_.train_pipeline_no_strong_aug}}),
+]

@@ -1,4 +1,6 @@
-from .checkpoint_safety import (UnsafeCheckpointError, register_safe_globals,
-                                safe_load_checkpoint)
+from .checkpoint_safety import register_safe_globals, safe_load_checkpoint
+from .hooks import RTDETRv2AugSwitchHook
+from .optimizers import RTDETRv2OptimWrapperConstructor
 
-__all__ = ['UnsafeCheckpointError', 'register_safe_globals', 'safe_load_checkpoint']
+__all__ = ['register_safe_globals', 'safe_load_checkpoint', 'RTDETRv2AugSwitchHook',
+           'RTDETRv2OptimWrapperConstructor']

@@ -1,7 +1,5 @@
 # RT-DETRv2-L (ResNet50-vd) model, the official `include/rtdetrv2_r50vd.yml`.
 # Every size config inherits this file and overrides what differs.
-custom_imports = dict(imports=['rtdetr_mm'], allow_failed_imports=False)
-
 num_classes = 80  # object classes (sigmoid logits, no background logit)
 
 model = dict(

@@ -1,0 +1,3 @@
+from .presnet import PResNet
+
+__all__ = ['PResNet']

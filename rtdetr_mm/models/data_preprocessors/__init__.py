@@ -1,0 +1,3 @@
+from .batch_resize import RTDETRv2BatchResize
+
+__all__ = ['RTDETRv2BatchResize']

@@ -1,0 +1,56 @@
+"""AIFI: the post-norm transformer encoder layer of the hybrid encoder."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .conv_norm import build_activation
+from .mlp import optional_add
+
+
+class AIFILayer(nn.Module):
+    """Self-attention + FFN, each with residual and post-LayerNorm; names match
+    the official ``TransformerEncoderLayer`` (``self_attn``, ``linear1``,
+    ``linear2``, ``norm1``, ``norm2``).
+
+    Args:
+        d_model (int): Token channels.
+        nhead (int): Attention heads.
+        dim_feedforward (int): FFN width.
+        dropout (float): Dropout in attention and FFN.
+        activation (str): FFN activation (``'gelu'`` officially).
+    """
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 1024,
+                 dropout: float = 0.0, activation: str = 'gelu') -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout, batch_first=True)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.activation = build_activation(activation)
+
+    def forward(self, src: torch.Tensor, pos_embed: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, N, d_model) tokens and (1, N, d_model) position embedding -> (B, N, d_model)."""
+        q = k = optional_add(src, pos_embed)
+        attended, _ = self.self_attn(q, k, value=src, need_weights=False)
+        src = self.norm1(src + self.dropout1(attended))
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(src))))
+        return self.norm2(src + self.dropout2(ffn))
+
+
+class AIFIEncoder(nn.Module):
+    """``num_layers`` stacked :class:`AIFILayer` (submodules ``layers.{i}``)."""
+
+    def __init__(self, num_layers: int, **layer_kwargs) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(AIFILayer(**layer_kwargs) for _ in range(num_layers))
+
+    def forward(self, src: torch.Tensor, pos_embed: Optional[torch.Tensor]) -> torch.Tensor:
+        for layer in self.layers:
+            src = layer(src, pos_embed)
+        return src

@@ -1,0 +1,79 @@
+"""RepVGG block and CSP-RepVGG layer of the RT-DETR hybrid encoder (CCFF)."""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .conv_norm import ConvNormLayer, build_activation
+
+
+def _fuse_conv_bn(layer: ConvNormLayer) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Kernel and bias of the conv+BN pair in eval mode."""
+    bn = layer.norm
+    std = (bn.running_var + bn.eps).sqrt()
+    scale = bn.weight / std
+    kernel = layer.conv.weight * scale.reshape(-1, 1, 1, 1)
+    return kernel, bn.bias - bn.running_mean * scale
+
+
+class RepVggBlock(nn.Module):
+    """``act(conv3x3_bn(x) + conv1x1_bn(x))``, fusable into one 3x3 conv.
+
+    Args:
+        channels (int): Input and output channels.
+        act (str, optional): Activation after the sum.
+    """
+
+    def __init__(self, channels: int, act: Optional[str] = 'relu') -> None:
+        super().__init__()
+        self.channels = channels
+        self.conv1 = ConvNormLayer(channels, channels, 3, 1)
+        self.conv2 = ConvNormLayer(channels, channels, 1, 1)
+        self.act = build_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        if hasattr(self, 'conv'):
+            return self.act(self.conv(x))
+        return self.act(self.conv1(x) + self.conv2(x))
+
+    @torch.no_grad()
+    def convert_to_deploy(self) -> None:
+        """Fuse both branches and their BNs into ``self.conv`` (3x3, with bias)
+        and drop the branches; outputs are unchanged in eval mode."""
+        if hasattr(self, 'conv'):
+            return
+        k3, b3 = _fuse_conv_bn(self.conv1)
+        k1, b1 = _fuse_conv_bn(self.conv2)
+        self.conv = nn.Conv2d(self.channels, self.channels, 3, 1, padding=1).to(k3)
+        self.conv.weight.copy_(k3 + F.pad(k1, [1, 1, 1, 1]))
+        self.conv.bias.copy_(b3 + b1)
+        del self.conv1, self.conv2
+
+
+class CSPRepLayer(nn.Module):
+    """CSP layer: ``conv3(blocks(conv1(x)) + conv2(x))``.
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        num_blocks (int): RepVGG blocks (``round(3 * depth_mult)``).
+        expansion (float): Hidden channels = ``int(out_channels * expansion)``;
+            ``conv3`` is a 1x1 ConvNormLayer when hidden != out, else Identity.
+        act (str): Activation.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int = 3,
+                 expansion: float = 1.0, act: str = 'silu') -> None:
+        super().__init__()
+        hidden = int(out_channels * expansion)
+        self.conv1 = ConvNormLayer(in_channels, hidden, 1, 1, act=act)
+        self.conv2 = ConvNormLayer(in_channels, hidden, 1, 1, act=act)
+        self.bottlenecks = nn.Sequential(*[RepVggBlock(hidden, act=act) for _ in range(num_blocks)])
+        self.conv3 = ConvNormLayer(hidden, out_channels, 1, 1, act=act) \
+            if hidden != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H, W)."""
+        return self.conv3(self.bottlenecks(self.conv1(x)) + self.conv2(x))

@@ -1,0 +1,133 @@
+"""RT-DETR(v2) hybrid encoder: AIFI on the top level + CCFF (FPN/PAN with
+CSP-RepVGG blocks)."""
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmdet.registry import MODELS
+from mmengine.model import BaseModule
+
+from ..layers.aifi_layer import AIFIEncoder
+from ..layers.conv_norm import ConvNormLayer
+from ..layers.csp_rep_layer import CSPRepLayer, RepVggBlock
+from ..layers.positional_encoding import build_2d_sincos_position_embedding
+
+
+@MODELS.register_module()
+class RTDETRv2HybridEncoder(BaseModule):
+    """Hybrid encoder of RT-DETR(v2), the official ``HybridEncoder``;
+    submodule names match it (official ``encoder.*`` loads as ``neck.*``).
+
+    Flow::
+
+        C3, C4, C5 -> input_proj (1x1 conv + BN to hidden_dim)
+        AIFI (post-norm transformer layer + 2-D sin-cos PE) on use_encoder_idx
+        top-down: lateral 1x1 conv, nearest x2 upsample, concat, CSPRepLayer
+        bottom-up: 3x3 stride-2 conv, concat, CSPRepLayer -> 3 maps
+
+    Args:
+        in_channels (Sequence[int]): Backbone output channels.
+        feat_strides (Sequence[int]): Their strides (documentation; the FPN
+            assumes each level halves the previous).
+        hidden_dim (int): Channels of every output map.
+        nhead (int): AIFI attention heads.
+        dim_feedforward (int): AIFI FFN width.
+        dropout (float): AIFI dropout.
+        enc_act (str): AIFI FFN activation.
+        use_encoder_idx (Sequence[int]): Levels that get an AIFI encoder.
+        num_encoder_layers (int): AIFI layers per encoded level.
+        pe_temperature (float): Position-embedding temperature.
+        expansion (float): CSPRepLayer hidden ratio.
+        depth_mult (float): RepVGG blocks per CSPRepLayer = round(3 * depth_mult).
+        act (str): Activation of the conv blocks.
+        eval_spatial_size: Accepted for config compatibility with the official
+            code and ignored: position embeddings are built for the actual
+            feature size and cached.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self, in_channels: Sequence[int] = (512, 1024, 2048),
+                 feat_strides: Sequence[int] = (8, 16, 32), hidden_dim: int = 256,
+                 nhead: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
+                 enc_act: str = 'gelu', use_encoder_idx: Sequence[int] = (2,),
+                 num_encoder_layers: int = 1, pe_temperature: float = 10000.0,
+                 expansion: float = 1.0, depth_mult: float = 1.0, act: str = 'silu',
+                 eval_spatial_size=None, init_cfg=None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.in_channels = list(in_channels)
+        self.feat_strides = list(feat_strides)
+        self.hidden_dim = hidden_dim
+        self.use_encoder_idx = list(use_encoder_idx)
+        self.num_encoder_layers = num_encoder_layers
+        self.pe_temperature = pe_temperature
+        self._pos_cache: Dict[tuple, torch.Tensor] = {}
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(OrderedDict([
+                ('conv', nn.Conv2d(c, hidden_dim, 1, bias=False)),
+                ('norm', nn.BatchNorm2d(hidden_dim)),
+            ])) for c in in_channels)
+        self.encoder = nn.ModuleList(
+            AIFIEncoder(num_encoder_layers, d_model=hidden_dim, nhead=nhead,
+                        dim_feedforward=dim_feedforward, dropout=dropout, activation=enc_act)
+            for _ in self.use_encoder_idx)
+        num_blocks = round(3 * depth_mult)
+        num_levels = len(in_channels)
+        self.lateral_convs = nn.ModuleList(
+            ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act=act) for _ in range(num_levels - 1))
+        self.fpn_blocks = nn.ModuleList(
+            CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act)
+            for _ in range(num_levels - 1))
+        self.downsample_convs = nn.ModuleList(
+            ConvNormLayer(hidden_dim, hidden_dim, 3, 2, act=act) for _ in range(num_levels - 1))
+        self.pan_blocks = nn.ModuleList(
+            CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act)
+            for _ in range(num_levels - 1))
+
+    def _pos_embed(self, h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
+        key = (h, w, ref.device, ref.dtype)
+        if key not in self._pos_cache:
+            self._pos_cache[key] = build_2d_sincos_position_embedding(
+                w, h, self.hidden_dim, self.pe_temperature, device=ref.device).to(ref.dtype)
+        return self._pos_cache[key]
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+        """
+        Args:
+            feats (Sequence[Tensor]): Backbone maps (B, C_i, H_i, W_i), strides
+                increasing by 2x.
+
+        Returns:
+            tuple[Tensor]: Maps (B, hidden_dim, H_i, W_i), same strides.
+        """
+        if len(feats) != len(self.in_channels):
+            raise ValueError(f'RTDETRv2HybridEncoder expects {len(self.in_channels)} maps, '
+                             f'got {len(feats)}')
+        proj = [self.input_proj[i](f) for i, f in enumerate(feats)]
+        for encoder, level in zip(self.encoder, self.use_encoder_idx):
+            b, c, h, w = proj[level].shape
+            tokens = proj[level].flatten(2).transpose(1, 2)
+            tokens = encoder(tokens, self._pos_embed(h, w, tokens))
+            proj[level] = tokens.transpose(1, 2).reshape(b, c, h, w).contiguous()
+
+        # Top-down (FPN): from the coarsest level to the finest.
+        num_levels = len(proj)
+        inner = [proj[-1]]
+        for i, level in enumerate(range(num_levels - 1, 0, -1)):
+            top = self.lateral_convs[i](inner[0])
+            inner[0] = top
+            upsampled = F.interpolate(top, scale_factor=2.0, mode='nearest')
+            inner.insert(0, self.fpn_blocks[i](torch.cat([upsampled, proj[level - 1]], 1)))
+        # Bottom-up (PAN).
+        outs = [inner[0]]
+        for i in range(num_levels - 1):
+            down = self.downsample_convs[i](outs[-1])
+            outs.append(self.pan_blocks[i](torch.cat([down, inner[i + 1]], 1)))
+        return tuple(outs)
+
+    def switch_to_deploy(self) -> None:
+        """Fuse every RepVGG block (3x3 + 1x1 conv-BN -> one 3x3 conv)."""
+        for module in self.modules():
+            if isinstance(module, RepVggBlock):
+                module.convert_to_deploy()

@@ -1,0 +1,98 @@
+"""A tiny COCO-format dataset made on the fly for tests."""
+import json
+import os
+import os.path as osp
+
+import cv2
+import numpy as np
+
+CLASSES = ('square', 'disk')
+
+
+def make_tiny_coco(root: str, num_images: int = 16, size=(128, 128), seed: int = 0,
+                   empty_every: int = 0) -> dict:
+    """Write images with 1-3 coloured squares/disks and a COCO json.
+
+    Args:
+        root (str): Output folder (images in ``root/images``).
+        num_images (int): Images written.
+        size (tuple[int, int]): (h, w) of every image.
+        seed (int): RNG seed.
+        empty_every (int): Every n-th image has no object (0 = never).
+
+    Returns:
+        dict: ``data_root``, ``ann_file`` (absolute), ``img_dir``.
+    """
+    rng = np.random.default_rng(seed)
+    img_dir = osp.join(root, 'images')
+    os.makedirs(img_dir, exist_ok=True)
+    h, w = size
+    images, annotations = [], []
+    for i in range(num_images):
+        img = (rng.random((h, w, 3)) * 60).astype(np.uint8)
+        n = 0 if empty_every and i % empty_every == 0 else int(rng.integers(1, 4))
+        for _ in range(n):
+            cls = int(rng.integers(0, 2))
+            s = int(rng.integers(16, 48))
+            x, y = int(rng.integers(0, w - s)), int(rng.integers(0, h - s))
+            if cls == 0:
+                cv2.rectangle(img, (x, y), (x + s - 1, y + s - 1), (40, 200, 40), -1)
+            else:
+                cv2.circle(img, (x + s // 2, y + s // 2), s // 2, (200, 40, 200), -1)
+            annotations.append(dict(id=len(annotations) + 1, image_id=i + 1, category_id=cls + 1,
+                                    bbox=[x, y, s, s], area=float(s * s), iscrowd=0))
+        name = f'{i:04d}.png'
+        cv2.imwrite(osp.join(img_dir, name), img)
+        images.append(dict(id=i + 1, file_name=name, height=h, width=w))
+    ann_file = osp.join(root, 'annotations.json')
+    categories = [dict(id=k + 1, name=c) for k, c in enumerate(CLASSES)]
+    with open(ann_file, 'w') as f:
+        json.dump(dict(images=images, annotations=annotations, categories=categories), f)
+    return dict(data_root=root, ann_file=ann_file, img_dir=img_dir)
+
+
+def tiny_config(path: str, base: str, data: dict, size=(128, 128), max_epochs: int = 8,
+                batch_size: int = 4, lr: float = 2e-4) -> str:
+    """Write a child config of ``base`` that trains on the tiny dataset."""
+    text = f'''
+_base_ = {base!r}
+classes = {CLASSES!r}
+img_scale = {tuple(size)!r}
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='Resize', scale=img_scale, keep_ratio=False),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=img_scale, keep_ratio=False),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+dataset = dict(type='CocoDataset', data_root={data['data_root']!r},
+               ann_file={data['ann_file']!r}, data_prefix=dict(img='images/'),
+               metainfo=dict(classes=classes), filter_cfg=dict(filter_empty_gt=False))
+train_dataloader = dict(_delete_=True, batch_size={batch_size}, num_workers=0,
+                        sampler=dict(type='DefaultSampler', shuffle=True),
+                        batch_sampler=dict(type='AspectRatioBatchSampler'),
+                        dataset=dict(dataset, pipeline=train_pipeline))
+val_dataloader = dict(_delete_=True, batch_size=4, num_workers=0, drop_last=False,
+                      sampler=dict(type='DefaultSampler', shuffle=False),
+                      dataset=dict(dataset, pipeline=test_pipeline, test_mode=True))
+test_dataloader = val_dataloader
+val_evaluator = dict(_delete_=True, type='CocoMetric', ann_file={data['ann_file']!r},
+                     metric='bbox', format_only=False)
+test_evaluator = val_evaluator
+model = dict(bbox_head=dict(num_classes=2))
+train_cfg = dict(max_epochs={max_epochs}, val_interval={max_epochs})
+optim_wrapper = dict(optimizer=dict(lr={lr}))
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4)]
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=2))
+custom_hooks = []
+'''
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
