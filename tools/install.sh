@@ -3,7 +3,7 @@
 # (${PYTHON:-python}). Installs only what is missing or at the wrong version:
 #   requirements/runtime.txt + requirements/tests.txt (exact pins),
 #   mmcv 2.1.0 with compiled ops (cached wheel in $RTDETR_MM_WHEEL_CACHE,
-#     built from the sdist there if absent: ~6+ min on 2 cores),
+#     built from the sdist there if absent: 6-10 min on 2 cores),
 #   mmdet 3.3.0 with --no-deps (its metadata would otherwise drag nothing in,
 #     but pip must never try to resolve mmcv for it),
 #   rtdetr_mm itself: pip install -e . --no-deps.
@@ -130,7 +130,7 @@ if grep -q '^mmcv ' <<<"$TODO"; then
     shopt -u nullglob
     if ((${#wheels[@]} == 0)); then
         log "no cached mmcv $MMCV_VERSION wheel for $PYTAG in $WHEEL_CACHE:" \
-            "building it from source (about 6+ min on 2 cores)"
+            "building it from source (6-10 min on 2 cores)"
         mkdir -p "$WHEEL_CACHE"
         pip_ install -r "$ROOT/requirements/build.txt"
         build_start=$SECONDS
