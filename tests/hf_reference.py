@@ -45,6 +45,12 @@ def build_hf_model(size: str, seed: int = 0, image: torch.Tensor = None, **overr
     redraw_(model, seed)
     if image is not None:
         calibrate_bn_(model, image)
+    if bb_kwargs['layer_type'] == 'bottleneck':
+        # r50/r101 freeze the backbone BN (official recipe and transformers'
+        # default): swap in transformers' FrozenBatchNorm2d after calibration.
+        from transformers.models.rt_detr_v2.modeling_rt_detr_v2 import replace_batch_norm
+        replace_batch_norm(model.model.backbone)
+        model.config.freeze_backbone_batch_norms = True
     return model.eval()
 
 
@@ -78,6 +84,11 @@ def redraw_(model: torch.nn.Module, seed: int) -> None:
     # LayerNorm-ed features the token scores fall in a band < 1 logit wide and
     # the top-300 boundary is decided by 1e-5 differences.
     m.enc_score_head.weight.mul_(10.0)
+    # Trained decoders refine boxes by small steps (the official init zeroes
+    # these layers); full He-normal deltas make 6 refinement steps amplify
+    # float noise ~40x. Keep them non-zero but small.
+    for head in m.decoder.bbox_embed:
+        head.layers[-1].weight.mul_(0.1)
 
 
 @torch.no_grad()

@@ -69,7 +69,8 @@ model = dict(
         assigner=dict(
             type='HungarianAssigner',
             match_costs=[
-                dict(type='FocalLossCost', weight=2.0, alpha=0.25, gamma=2.0),
+                # eps 1e-8 inside the logs, as the official matcher (mmdet: 1e-12).
+                dict(type='FocalLossCost', weight=2.0, alpha=0.25, gamma=2.0, eps=1e-8),
                 dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),
                 dict(type='IoUCost', iou_mode='giou', weight=2.0),
             ])),
