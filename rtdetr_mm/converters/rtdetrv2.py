@@ -26,7 +26,6 @@ COCO_CLASSES = None  # filled lazily from mmdet's CocoDataset
 CLASS_DEPENDENT_PREFIXES = ('bbox_head.enc_score_head.', 'bbox_head.dec_score_head.',
                             'bbox_head.denoising_class_embed.')
 # Buffers the official code stores but our model regenerates for any input size.
-DROPPED_SUFFIXES = ('num_batches_tracked',)
 DROPPED_KEYS = ('decoder.anchors', 'decoder.valid_mask', 'model.anchors', 'model.valid_mask')
 
 
@@ -96,7 +95,7 @@ def _from_official(sd: Dict[str, torch.Tensor], src: str) -> Dict[str, torch.Ten
     prefixes = {'backbone.': 'backbone.', 'encoder.': 'neck.', 'decoder.': 'bbox_head.'}
     out = {}
     for key, value in sd.items():
-        if key in DROPPED_KEYS or key.endswith(DROPPED_SUFFIXES):
+        if key in DROPPED_KEYS:
             continue
         for old, new in prefixes.items():
             if key.startswith(old):
@@ -241,6 +240,15 @@ def class_names_for(num_classes: int, hf_cfg: Optional[dict]) -> Tuple[List[str]
     return [f'class_{i}' for i in range(num_classes)], True
 
 
+def _add_batch_counters(state_dict: Dict[str, torch.Tensor]) -> None:
+    """Give every BN without one a ``num_batches_tracked`` (frozen-BN sources
+    lack it); it keeps trainable BNs free of missing-key warnings and is
+    ignored by FrozenBatchNorm2d."""
+    for key in [k for k in state_dict if k.endswith('.running_mean')]:
+        counter = key[:-len('running_mean')] + 'num_batches_tracked'
+        state_dict.setdefault(counter, torch.tensor(0, dtype=torch.long))
+
+
 # ------------------------------------------------------------------ driver
 def convert(src: str, dst: str, config: Optional[str] = None) -> dict:
     """Convert ``src`` and write an mmengine checkpoint to ``dst``.
@@ -249,6 +257,7 @@ def convert(src: str, dst: str, config: Optional[str] = None) -> dict:
         dict: summary with ``kind``, ``arch`` (dict or None), ``warnings``.
     """
     state_dict, kind, hf_cfg = load_source(src)
+    _add_batch_counters(state_dict)
     warns: List[str] = []
     summary = dict(kind=kind, arch=None, warnings=warns)
     if kind == 'backbone':
