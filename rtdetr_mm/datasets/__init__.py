@@ -1,0 +1,3 @@
+from .synthetic import SHAPES_CLASSES, make_shapes_dataset
+
+__all__ = ['SHAPES_CLASSES', 'make_shapes_dataset']
