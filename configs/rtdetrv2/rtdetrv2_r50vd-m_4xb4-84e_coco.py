@@ -10,10 +10,8 @@ train_cfg = dict(max_epochs=max_epochs)
 model = dict(neck=dict(expansion=0.5), bbox_head=dict(eval_idx=2))
 
 # Strong augmentation and multi-scale stop 3 epochs before the end (official
-# policy epoch = max_epochs - 3).
+# policy epoch = max_epochs - 3); the EMA hook is inherited unchanged.
 custom_hooks = [
-    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=1e-4, gamma=2000,
-         update_buffers=True, priority=49),
-    dict(type='RTDETRv2AugSwitchHook', stop_epochs_before_end=3,
-         switch_pipeline={{_base_.train_pipeline_no_strong_aug}}),
+    _base_.custom_hooks[0],
+    dict(_base_.custom_hooks[1], stop_epochs_before_end=3),
 ]
