@@ -71,7 +71,12 @@ def main() -> None:
     runner = Runner.from_cfg(cfg)
     runner.train()
     t_train = time.time() - t0
-    metrics = runner.test()
+    # Test from the last checkpoint, as tools/test.py would: its state_dict
+    # holds the EMA weights. (runner.test() on the training runner would
+    # rebuild the EMA from the raw weights in EMAHook.before_run.)
+    test_cfg = cfg.copy()
+    test_cfg.load_from = osp.join(args.work_dir, f'epoch_{cfg.train_cfg.max_epochs}.pth')
+    metrics = Runner.from_cfg(test_cfg).test()
     curve = osp.join(args.work_dir, 'curves.png')
     plot_curves(args.work_dir, curve)
     images = sorted(glob.glob(osp.join(args.work_dir, '*', 'predictions', '*.png')))
