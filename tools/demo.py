@@ -8,7 +8,6 @@ predictions and plot the loss / mAP curves.
 import argparse
 import glob
 import json
-import os
 import os.path as osp
 import sys
 import time

@@ -21,8 +21,6 @@ import torch
 
 from ..engine.checkpoint_safety import safe_load_checkpoint
 
-COCO_CLASSES = None  # filled lazily from mmdet's CocoDataset
-
 CLASS_DEPENDENT_PREFIXES = ('bbox_head.enc_score_head.', 'bbox_head.dec_score_head.',
                             'bbox_head.denoising_class_embed.')
 # Buffers the official code stores but our model regenerates for any input size.

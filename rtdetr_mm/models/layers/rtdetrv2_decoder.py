@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mlp import RTDETRv2MLP, inverse_sigmoid, optional_add
+from .mlp import inverse_sigmoid, optional_add
 from .ms_deform_attn_v2 import MSDeformableAttentionV2
 
 _ACTIVATIONS = {'relu': F.relu, 'gelu': F.gelu, 'silu': F.silu}

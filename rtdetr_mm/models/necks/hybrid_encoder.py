@@ -1,7 +1,7 @@
 """RT-DETR(v2) hybrid encoder: AIFI on the top level + CCFF (FPN/PAN with
 CSP-RepVGG blocks)."""
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn as nn
