@@ -1,3 +1,5 @@
-from .synthetic import SHAPES_CLASSES, make_shapes_dataset
+from .synthetic import (DEFAULT_CLASSES, KNOWN_SHAPES, SHAPES_CLASSES, make_shapes_dataset,
+                        make_synthetic_coco)
 
-__all__ = ['SHAPES_CLASSES', 'make_shapes_dataset']
+__all__ = ['DEFAULT_CLASSES', 'KNOWN_SHAPES', 'SHAPES_CLASSES', 'make_shapes_dataset',
+           'make_synthetic_coco']
