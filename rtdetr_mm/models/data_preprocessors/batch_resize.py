@@ -1,87 +1,152 @@
-"""Official RT-DETR multi-scale training: resize whole batches to a random size."""
+"""Official RT-DETR(v2) multi-scale training: resize whole batches."""
 import random
 from typing import List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import BaseBoxes
 from mmengine.dist import broadcast, get_dist_info
+from mmengine.model import BaseModule
+from torch import Tensor
+
+Scale = Union[int, Sequence[int]]
 
 
 @MODELS.register_module()
-class RTDETRv2BatchResize(nn.Module):
-    """Resize every training batch to a size drawn from ``scales``.
+class RTDETRv2BatchResize(BaseModule):
+    """Resize every training batch to a size drawn from an explicit list.
 
-    The official ``BatchImageCollateFunction``: one size per batch, drawn
-    uniformly from an explicit list (640 appears three times, so it is drawn
-    more often), applied with ``F.interpolate`` (nearest by default) to the
-    whole (B, 3, H, W) tensor. GT boxes (xyxy pixels) and the metas
-    ``img_shape``/``batch_input_shape``/``pad_shape``/``scale_factor`` follow.
+    The official ``BatchImageCollateFunction`` (``rtdetrv2_pytorch``): one
+    size per batch, drawn uniformly from ``scales`` (the official list has
+    640 three times, so 640 is drawn 3/13 of the time), applied to the whole
+    (B, 3, H, W) tensor with ``F.interpolate`` (default mode: nearest, as the
+    official call that passes no mode). Use it as a ``batch_augments`` entry
+    of the data preprocessor; mmdet calls batch augments only in training,
+    after normalisation and padding.
 
-    NOTE: mmdet's ``BatchSyncRandomResize`` is not reused: it draws from a
-    range (not a list) and always interpolates bilinearly.
+    Boxes: the official code keeps cxcywh boxes normalised to the image, so
+    they need no change. Here ``gt_instances.bboxes`` (and
+    ``ignored_instances.bboxes``) are xyxy pixels of the input tensor
+    (``HorizontalBoxes`` or an (N, 4) tensor) and are scaled by
+    (sx, sy, sx, sy) = (new_w / W, new_h / H, ...). Every data sample's
+    metainfo follows:
+
+    * ``batch_input_shape`` and ``pad_shape`` = (new_h, new_w);
+    * ``img_shape`` = the unpadded image part scaled by (sy, sx), rounded
+      (equal to (new_h, new_w) when the batch had no padding, as with the
+      fixed-size RT-DETR pipeline);
+    * ``scale_factor`` (w, h) multiplied by (sx, sy), so that dividing boxes
+      predicted on the resized batch by it still gives original-image pixels;
+    * ``homography_matrix`` (if present) left-multiplied by diag(sx, sy, 1).
+
+    Randomness: the size is drawn with Python's ``random`` (seeded by the
+    runner's ``randomness.seed``); in distributed training rank 0's draw is
+    broadcast so every rank resizes to the same size.
+
+    NOTE: mmdet's ``BatchSyncRandomResize`` is not reused: it draws the size
+    from a range of multiples of ``size_divisor`` (not an explicit list with
+    repeats), keeps the batch aspect ratio, always interpolates bilinearly,
+    and does not update ``scale_factor``.
 
     Args:
         scales (Sequence[int | tuple[int, int]]): Square sizes or (h, w).
-        mode (str): ``F.interpolate`` mode.
-        interval (int): Draw a new size every ``interval`` batches.
+        mode (str): ``F.interpolate`` mode. Defaults to 'nearest'.
+        align_corners (bool, optional): Passed to ``F.interpolate`` for the
+            linear modes. Defaults to None.
+        interval (int): Draw a new size every ``interval`` batches (1 = every
+            batch, as the official code).
+        init_cfg (dict, optional): Unused; ``BaseModule`` argument.
+
+    Attributes:
+        enabled (bool): When False the module returns its inputs unchanged;
+            ``RTDETRv2AugSwitchHook`` switches it off for the last epochs.
     """
 
-    def __init__(self, scales: Sequence[Union[int, Tuple[int, int]]], mode: str = 'nearest',
-                 interval: int = 1) -> None:
-        super().__init__()
-        self.scales: List[Tuple[int, int]] = [
-            (s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in scales]
+    def __init__(self, scales: Sequence[Scale], mode: str = 'nearest',
+                 align_corners: Optional[bool] = None, interval: int = 1,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if not scales:
+            raise ValueError('RTDETRv2BatchResize needs at least one scale')
+        if interval < 1:
+            raise ValueError(f'interval must be >= 1, got {interval}')
+        self.scales: List[Tuple[int, int]] = []
+        for s in scales:
+            if isinstance(s, (int, float, np.integer)):
+                hw = (int(s), int(s))
+            else:
+                hw = tuple(int(v) for v in s)
+            if len(hw) != 2 or min(hw) <= 0:
+                raise ValueError(f'a scale is an int or (h, w), got {s!r}')
+            self.scales.append(hw)
         self.mode = mode
+        self.align_corners = align_corners
         self.interval = interval
-        self.enabled = True  # switched off by RTDETRv2AugSwitchHook
-        self._iter = 0
+        self.enabled = True
+        self._calls = 0
         self._size: Optional[Tuple[int, int]] = None
 
-    def _draw_size(self, device) -> Tuple[int, int]:
-        """Same size on every rank: rank 0 draws, the others receive it."""
-        index = torch.tensor(random.randrange(len(self.scales)), device=device)
+    def _draw_size(self, device: torch.device) -> Tuple[int, int]:
+        """Draw an index into ``scales``; rank 0's draw wins in DDP."""
+        index = torch.tensor([random.randrange(len(self.scales))], device=device)
         if get_dist_info()[1] > 1:
-            broadcast(index, 0)
-        return self.scales[int(index)]
+            broadcast(index, src=0)
+        return self.scales[int(index.item())]
 
-    def forward(self, inputs: torch.Tensor, data_samples: SampleList
-                ) -> Tuple[torch.Tensor, SampleList]:
-        """
+    def forward(self, inputs: Tensor, data_samples: SampleList) -> Tuple[Tensor, SampleList]:
+        """Resize the batch and its annotations.
+
         Args:
-            inputs (Tensor): (B, 3, H, W) batch.
-            data_samples (list[DetDataSample]): With gt_instances.bboxes in
-                xyxy pixels of ``inputs``.
+            inputs (Tensor): (B, C, H, W) normalised, padded batch.
+            data_samples (list[DetDataSample]): ``gt_instances.bboxes`` in
+                xyxy pixels of ``inputs``; metainfo with ``img_shape`` and
+                ``scale_factor`` (w, h).
 
         Returns:
-            tuple: resized inputs and the updated data samples.
+            tuple[Tensor, list[DetDataSample]]: the (B, C, new_h, new_w)
+            batch and the same data samples, updated in place.
         """
         if not self.enabled:
             return inputs, data_samples
-        if self._iter % self.interval == 0 or self._size is None:
+        if self._size is None or self._calls % self.interval == 0:
             self._size = self._draw_size(inputs.device)
-        self._iter += 1
+        self._calls += 1
         h, w = inputs.shape[-2:]
         new_h, new_w = self._size
         if (new_h, new_w) == (h, w):
             return inputs, data_samples
-        inputs = F.interpolate(inputs, size=(new_h, new_w), mode=self.mode)
+        kwargs = {} if self.mode in ('nearest', 'area', 'nearest-exact') else \
+            dict(align_corners=self.align_corners)
+        inputs = F.interpolate(inputs, size=(new_h, new_w), mode=self.mode, **kwargs)
         sx, sy = new_w / w, new_h / h
-        for ds in data_samples:
-            img_h, img_w = ds.metainfo['img_shape'][:2]
-            old_sf = ds.metainfo.get('scale_factor', (1.0, 1.0))
-            ds.set_metainfo(dict(
-                img_shape=(int(img_h * sy), int(img_w * sx)),
-                batch_input_shape=(new_h, new_w),
-                pad_shape=(new_h, new_w),
-                scale_factor=(old_sf[0] * sx, old_sf[1] * sy)))
-            if 'gt_instances' in ds:
-                bboxes = ds.gt_instances.bboxes
-                if isinstance(bboxes, BaseBoxes):
-                    bboxes.rescale_((sx, sy))
-                else:
-                    ds.gt_instances.bboxes = bboxes * bboxes.new_tensor([sx, sy, sx, sy])
+        for sample in data_samples:
+            meta = sample.metainfo
+            img_h, img_w = meta.get('img_shape', (h, w))[:2]
+            sf_w, sf_h = meta.get('scale_factor', (1.0, 1.0))[:2]
+            update = dict(img_shape=(min(new_h, int(round(img_h * sy))),
+                                     min(new_w, int(round(img_w * sx)))),
+                          batch_input_shape=(new_h, new_w),
+                          pad_shape=(new_h, new_w),
+                          scale_factor=(sf_w * sx, sf_h * sy))
+            if meta.get('homography_matrix') is not None:
+                matrix = np.asarray(meta['homography_matrix'])
+                update['homography_matrix'] = (np.diag([sx, sy, 1.0]) @ matrix).astype(
+                    matrix.dtype)
+            sample.set_metainfo(update)
+            for key in ('gt_instances', 'ignored_instances'):
+                if key in sample and 'bboxes' in sample.get(key):
+                    instances = sample.get(key)
+                    instances.bboxes = self._scale_boxes(instances.bboxes, sx, sy)
         return inputs, data_samples
+
+    @staticmethod
+    def _scale_boxes(boxes: Union[Tensor, BaseBoxes], sx: float, sy: float
+                     ) -> Union[Tensor, BaseBoxes]:
+        """Scale (N, 4) xyxy pixel boxes by (sx, sy)."""
+        if isinstance(boxes, BaseBoxes):
+            boxes.rescale_((sx, sy))
+            return boxes
+        return boxes * boxes.new_tensor([sx, sy, sx, sy])
