@@ -1,35 +1,61 @@
-"""Switch off strong augmentation and multi-scale for the last epochs."""
+"""Stop strong augmentation and multi-scale for the last epochs (official
+``stop_epoch`` policy of RT-DETRv2)."""
 import copy
 from typing import List, Optional
 
 from mmdet.registry import HOOKS
+from mmengine.dataset import Compose
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
+from mmengine.runner import IterBasedTrainLoop
 
 
 @HOOKS.register_module()
 class RTDETRv2AugSwitchHook(Hook):
-    """The official ``stop_epoch`` policy: from epoch ``max_epochs - N`` on,
-    train with ``switch_pipeline`` (no photometric distortion / zoom-out /
-    IoU crop) and without the multi-scale batch resize.
+    """From epoch ``max_epochs - N`` on (0-based), train with
+    ``switch_pipeline`` and without the multi-scale batch resize.
 
-    The switch epoch is computed when training starts from
-    ``runner.max_epochs``, so a child config or ``--cfg-options`` that changes
-    the number of epochs moves it; it also applies after ``--resume`` into
-    the last epochs.
+    The official code skips RandomPhotometricDistort / RandomZoomOut /
+    RandomIoUCrop when ``epoch >= policy.epoch`` and stops the multi-scale
+    collate at the same ``stop_epoch``; with N = ``stop_epochs_before_end``
+    that epoch is ``max_epochs - N`` (official: N = 1 for r50/r101 (71 of 72),
+    N = 3 for r18/r34 (117 of 120) and r50-m (81 of 84)).
+
+    * The switch epoch is computed in ``before_train`` from
+      ``runner.max_epochs``, never when the config is parsed, so a child
+      config or ``--cfg-options train_cfg.max_epochs=...`` moves it.
+    * The switch is done in ``before_train_epoch`` of the first epoch with
+      ``runner.epoch >= switch_epoch``, once: so a run resumed (``--resume``)
+      into an epoch past the switch point switches before its first
+      iteration. It is idempotent (a second call does nothing).
+    * Pipeline: the train dataloader's dataset pipeline (inside
+      ``ConcatDataset`` / ``RepeatDataset`` / ``ClassBalancedDataset``
+      wrappers too) is replaced by ``Compose(switch_pipeline)``. Worker
+      processes hold their own copy of the dataset: with
+      ``persistent_workers=True`` the running workers are shut down and the
+      dataloader's iterator dropped, so the next epoch starts fresh workers
+      with the new pipeline (without persistent workers, new workers are
+      made every epoch anyway).
+    * Batch resize: every data-preprocessor module with an ``enabled``
+      attribute in ``batch_augments`` (``RTDETRv2BatchResize``) gets
+      ``enabled = False`` (the model is unwrapped from DDP first).
 
     Args:
-        stop_epochs_before_end (int): N (official: 3 for r18/r34/r50-m, 1 for
-            r50/r101).
+        stop_epochs_before_end (int): N, the number of final epochs trained
+            without strong augmentation / multi-scale.
         switch_pipeline (list[dict], optional): Training pipeline of the last
-            epochs; None keeps the pipeline.
-        stop_batch_resize (bool): Disable ``RTDETRv2BatchResize`` batch
-            augments at the same epoch.
+            epochs (the training pipeline without PhotoMetricDistortion,
+            Expand and MinIoURandomCrop). None keeps the pipeline.
+        stop_batch_resize (bool): Switch the batch resize off at the same
+            epoch. Defaults to True.
     """
     priority = 'NORMAL'
 
-    def __init__(self, stop_epochs_before_end: int, switch_pipeline: Optional[List[dict]] = None,
+    def __init__(self, stop_epochs_before_end: int,
+                 switch_pipeline: Optional[List[dict]] = None,
                  stop_batch_resize: bool = True) -> None:
+        if stop_epochs_before_end < 0:
+            raise ValueError(f'stop_epochs_before_end must be >= 0, got {stop_epochs_before_end}')
         self.stop_epochs_before_end = stop_epochs_before_end
         self.switch_pipeline = switch_pipeline
         self.stop_batch_resize = stop_batch_resize
@@ -37,29 +63,74 @@ class RTDETRv2AugSwitchHook(Hook):
         self._switched = False
 
     def before_train(self, runner) -> None:
-        self.switch_epoch = max(runner.max_epochs - self.stop_epochs_before_end, 0)
-        runner.logger.info(f'RTDETRv2AugSwitchHook: strong augmentation and multi-scale stop '
-                           f'at epoch {self.switch_epoch + 1} of {runner.max_epochs}')
+        """Compute the switch epoch from the runner's ``max_epochs``."""
+        if isinstance(runner.train_loop, IterBasedTrainLoop):
+            raise TypeError('RTDETRv2AugSwitchHook counts epochs; it needs an epoch-based '
+                            'train loop (train_cfg.type=EpochBasedTrainLoop)')
+        max_epochs = runner.max_epochs
+        self.switch_epoch = max(max_epochs - self.stop_epochs_before_end, 0)
+        if self.stop_epochs_before_end >= max_epochs:
+            runner.logger.warning(
+                f'RTDETRv2AugSwitchHook: stop_epochs_before_end={self.stop_epochs_before_end} '
+                f'>= max_epochs={max_epochs}: the whole run trains without strong augmentation')
+        runner.logger.info(
+            f'RTDETRv2AugSwitchHook: strong augmentation'
+            f'{" and multi-scale" if self.stop_batch_resize else ""} stop from epoch '
+            f'{self.switch_epoch + 1} of {max_epochs} (the last {max_epochs - self.switch_epoch})')
 
     def before_train_epoch(self, runner) -> None:
-        if self._switched or runner.epoch < self.switch_epoch:
+        """Switch once, at the first epoch at or past the switch epoch."""
+        if self._switched:
             return
+        if self.switch_epoch is None:  # before_train was not called (tests)
+            self.before_train(runner)
+        if runner.epoch < self.switch_epoch:
+            return
+        done = []
         if self.switch_pipeline is not None:
-            loader = runner.train_dataloader
-            dataset = loader.dataset
-            from mmengine.dataset import Compose
-            dataset.pipeline = Compose(copy.deepcopy(self.switch_pipeline))
-            # Workers hold a copy of the dataset: rebuild persistent ones.
-            if getattr(loader, 'persistent_workers', False) and \
-                    getattr(loader, '_iterator', None) is not None:
-                loader._iterator._shutdown_workers()
-                loader._iterator = None
+            self._switch_pipeline(runner.train_dataloader)
+            done.append('pipeline without strong augmentation')
         if self.stop_batch_resize:
-            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-            for aug in getattr(model.data_preprocessor, 'batch_augments', None) or []:
-                if hasattr(aug, 'enabled'):
-                    aug.enabled = False
+            count = self._disable_batch_resize(runner.model)
+            if count:
+                done.append(f'{count} batch resize module(s) off')
+            else:
+                runner.logger.warning('RTDETRv2AugSwitchHook: stop_batch_resize=True but the '
+                                      'data preprocessor has no batch augment to switch off')
         self._switched = True
-        runner.logger.info(f'RTDETRv2AugSwitchHook: epoch {runner.epoch + 1}: switched to the '
-                           'pipeline without strong augmentation'
-                           + (', multi-scale off' if self.stop_batch_resize else ''))
+        runner.logger.info(f'RTDETRv2AugSwitchHook: epoch {runner.epoch + 1}: '
+                           + (', '.join(done) or 'nothing to switch'))
+
+    def _switch_pipeline(self, dataloader) -> None:
+        for dataset in _leaf_datasets(dataloader.dataset):
+            dataset.pipeline = Compose(copy.deepcopy(self.switch_pipeline))
+        # Workers hold a copy of the dataset made when they started.
+        iterator = getattr(dataloader, '_iterator', None)
+        if iterator is not None:
+            shutdown = getattr(iterator, '_shutdown_workers', None)
+            if shutdown is not None:
+                shutdown()
+            dataloader._iterator = None
+
+    @staticmethod
+    def _disable_batch_resize(model) -> int:
+        if is_model_wrapper(model):
+            model = model.module
+        preprocessor = getattr(model, 'data_preprocessor', None)
+        count = 0
+        for aug in getattr(preprocessor, 'batch_augments', None) or []:
+            if hasattr(aug, 'enabled'):
+                aug.enabled = False
+                count += 1
+        return count
+
+
+def _leaf_datasets(dataset) -> list:
+    """The datasets that own a pipeline, through mmengine/mmdet wrappers."""
+    if hasattr(dataset, 'datasets'):  # ConcatDataset
+        return [leaf for d in dataset.datasets for leaf in _leaf_datasets(d)]
+    if not hasattr(dataset, 'pipeline') and hasattr(dataset, 'dataset'):  # Repeat/ClassBalanced
+        return _leaf_datasets(dataset.dataset)
+    if not hasattr(dataset, 'pipeline'):
+        raise TypeError(f'{type(dataset).__name__} has no pipeline to switch')
+    return [dataset]
