@@ -11,3 +11,4 @@ from .engine.checkpoint_safety import register_safe_globals
 register_safe_globals()
 
 from . import datasets, engine, evaluation, models  # noqa: E402,F401
+from .datasets import samplers  # noqa: E402,F401

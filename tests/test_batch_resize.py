@@ -150,3 +150,28 @@ def test_ranks_agree_on_the_size():
     random.seed(100)  # rank 0's draws win
     expected = [OFFICIAL_SCALES[random.randrange(13)] for _ in range(8)]
     assert results[0] == expected
+
+
+OFFICIAL_RATIOS = [0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.0, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25]
+
+
+def test_relative_scales_follow_the_incoming_size():
+    """scale_ratios reproduce the official list for a 640 batch and scale
+    with any other input size (rounded to multiples of 32)."""
+    resize = MODELS.build(dict(type='RTDETRv2BatchResize', scale_ratios=OFFICIAL_RATIOS))
+    assert [h for h, _ in resize.candidate_sizes((640, 640))] == OFFICIAL_SCALES
+    # 320 x 480 (h, w): each ratio times the side, to the nearest multiple of 32.
+    expected = [(max(32, round(r * 320 / 32) * 32), max(32, round(r * 480 / 32) * 32))
+                for r in OFFICIAL_RATIOS]
+    assert resize.candidate_sizes((320, 480)) == expected
+    assert expected[0] == (256, 352) and expected[-1] == (384, 608)
+    random.seed(3)
+    out, _ = resize(torch.rand(1, 3, 320, 480), _samples()[:1])
+    assert tuple(out.shape[-2:]) in set(expected)
+
+
+def test_scales_and_ratios_are_exclusive():
+    with pytest.raises(ValueError, match='exactly one'):
+        MODELS.build(dict(type='RTDETRv2BatchResize', scales=[640], scale_ratios=[1.0]))
+    with pytest.raises(ValueError, match='exactly one'):
+        MODELS.build(dict(type='RTDETRv2BatchResize'))

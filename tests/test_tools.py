@@ -8,6 +8,7 @@ import os.path as osp
 import pickle
 
 import pytest
+import torch
 from tiny_mmdet import make_coco, tiny_cfg
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -58,8 +59,9 @@ def test_train_args_as_mmdet(config_file):
     args = train.parse_args([config_file, '--amp', '--resume', 'x.pth',
                              '--cfg-options', 'train_cfg.max_epochs=3'])
     cfg = train.build_cfg(args)
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
-    assert cfg.optim_wrapper.loss_scale == 'dynamic'
+    # mmengine's AmpOptimWrapper asserts a GPU: ours, bf16 without CUDA
+    assert cfg.optim_wrapper.type == 'RTDETRv2AmpOptimWrapper'
+    assert cfg.optim_wrapper.dtype == ('float16' if torch.cuda.is_available() else 'bfloat16')
     assert cfg.resume is True and cfg.load_from == 'x.pth'
     assert cfg.train_cfg.max_epochs == 3
     assert cfg.work_dir == osp.join('./work_dirs', 'tiny_retinanet')

@@ -52,22 +52,34 @@ def make_tiny_coco(root: str, num_images: int = 16, size=(128, 128), seed: int =
 
 
 def tiny_config(path: str, base: str, data: dict, size=(128, 128), max_epochs: int = 8,
-                batch_size: int = 4, lr: float = 2e-4) -> str:
-    """Write a child config of ``base`` that trains on the tiny dataset."""
+                batch_size: int = 4, lr: float = 2e-4, small_model: bool = False,
+                extra: str = '') -> str:
+    """Write a child config of ``base`` that trains on the tiny dataset.
+
+    ``size`` is the ``image_size`` knob (h, w); ``small_model`` shrinks the
+    encoder/decoder to 64 channels, 1 decoder layer and 20 queries (for
+    runner tests that only count iterations); ``extra`` is appended.
+    """
+    small = """
+model = dict(neck=dict(hidden_dim=64, dim_feedforward=128, nhead=2),
+             bbox_head=dict(num_classes=2, in_channels=(64, 64, 64), hidden_dim=64,
+                            num_heads=2, dim_feedforward=128, num_layers=1,
+                            num_queries=20, num_denoising=10))
+""" if small_model else ''
     text = f'''
 _base_ = {base!r}
 classes = {CLASSES!r}
-img_scale = {tuple(size)!r}
+image_size = {tuple(size)!r}
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='Resize', scale=img_scale, keep_ratio=False),
+    dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=img_scale, keep_ratio=False),
+    dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
@@ -76,8 +88,7 @@ dataset = dict(type='CocoDataset', data_root={data['data_root']!r},
                ann_file={data['ann_file']!r}, data_prefix=dict(img='images/'),
                metainfo=dict(classes=classes), filter_cfg=dict(filter_empty_gt=False))
 train_dataloader = dict(_delete_=True, batch_size={batch_size}, num_workers=0,
-                        sampler=dict(type='DefaultSampler', shuffle=True),
-                        batch_sampler=dict(type='AspectRatioBatchSampler'),
+                        sampler=dict(type='RTDETRv2ResumableSampler', shuffle=True),
                         dataset=dict(dataset, pipeline=train_pipeline))
 val_dataloader = dict(_delete_=True, batch_size=4, num_workers=0, drop_last=False,
                       sampler=dict(type='DefaultSampler', shuffle=False),
@@ -89,9 +100,12 @@ test_evaluator = val_evaluator
 model = dict(bbox_head=dict(num_classes=2))
 train_cfg = dict(max_epochs={max_epochs}, val_interval={max_epochs})
 optim_wrapper = dict(optimizer=dict(lr={lr}))
-param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4)]
+param_scheduler = [dict(type='RTDETRv2LinearWarmupLR', warmup_steps=4, by_epoch=True,
+                        convert_to_iter_based=True)]
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=2))
 custom_hooks = []
+{small}
+{extra}
 '''
     with open(path, 'w') as f:
         f.write(text)

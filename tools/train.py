@@ -22,6 +22,7 @@ from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
+import torch  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -73,9 +74,12 @@ def build_cfg(args) -> Config:
     """The config with the command line applied, as mmdet's script does."""
     cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
 
-    if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.amp and cfg.optim_wrapper.get('type') != 'RTDETRv2AmpOptimWrapper':
+        # NOTE: mmdet's script selects mmengine's AmpOptimWrapper, which
+        # asserts a GPU. Ours runs fp16 + dynamic loss scaling on CUDA and
+        # bf16 autocast elsewhere (rtdetr_mm/engine/optimizers/mixed_precision.py).
+        cfg.optim_wrapper.type = 'RTDETRv2AmpOptimWrapper'
+        cfg.optim_wrapper.dtype = 'float16' if torch.cuda.is_available() else 'bfloat16'
 
     if args.auto_scale_lr:
         if ('auto_scale_lr' in cfg and 'enable' in cfg.auto_scale_lr

@@ -3,13 +3,18 @@
 # rtdetr_mm (which registers the plugin's classes there) before building.
 default_scope = 'mmdet'
 custom_imports = dict(imports=['rtdetr_mm'], allow_failed_imports=False)
+# mmengine's Runner plus the run-time knobs (image_size) and atomic
+# checkpoint files; tools/train.py and tools/test.py build it from here.
+runner_type = 'mmdet.RTDETRv2Runner'
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),  # log every 50 iterations
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(
-        type='CheckpointHook',
+        # CheckpointHook that writes a new checkpoint before deleting old ones,
+        # and saves iter_<n>.pth at mid-epoch validations.
+        type='RTDETRv2CheckpointHook',
         interval=1,                 # save every epoch (official checkpoint_freq 1)
         max_keep_ckpts=3,           # keep the 3 newest epoch_*.pth (+ the best)
         save_best='coco/bbox_mAP',  # also keep best_coco_bbox_mAP_epoch_*.pth
@@ -19,20 +24,17 @@ default_hooks = dict(
 
 custom_hooks = [
     # Official ModelEMA(decay=0.9999, warmups=2000): at its k-th update the
-    # EMA keeps d_k = 0.9999 * (1 - exp(-k / 2000)) of itself. mmdet's
-    # ExpMomentumEMA uses momentum m_k = (1 - 1e-4) * exp(-k / 2000) + 1e-4 =
-    # 1 - d_k at its k-th update for k >= 2 (tests/test_configs_base.py
-    # checks 5000 updates). NOTE: the only difference is the first update,
-    # where mmengine copies the weights (d_1 = 0) and the official code keeps
-    # 5e-4 of the initial weights; after the 2nd update the averaged weights
-    # agree to float32 rounding. Validation and `save_best` use the EMA
-    # weights, as the official code.
-    dict(type='EMAHook',
-         ema_type='ExpMomentumEMA',
+    # EMA keeps d_k = 0.9999 * (1 - exp(-k / warmups)) of itself; it is
+    # mmengine's ExpMomentumEMA (momentum 1e-4, gamma = warmups), except the
+    # first update, where mmengine copies the weights. RTDETRv2EMAHook
+    # updates once per optimizer step (not per accumulated micro-batch) and,
+    # with warmup_steps=None, takes the LR warm-up length as EMA warm-up
+    # (2000 unless WARMUP_RATIO is set). Validation, save_best and the saved
+    # state_dict use the EMA weights, as the official code.
+    dict(type='RTDETRv2EMAHook',
          momentum=1e-4,        # 1 - official decay 0.9999
-         gamma=2000,           # official warmups
-         update_buffers=True,  # average BN statistics too, as official
-         priority=49),         # just above NORMAL, as mmdet's DETR/YOLO configs
+         warmup_steps=None,    # None: follow the LR warm-up
+         update_buffers=True),  # average BN statistics too, as official
 ]
 
 env_cfg = dict(

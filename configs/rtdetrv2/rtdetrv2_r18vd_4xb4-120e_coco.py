@@ -22,6 +22,14 @@ optim_wrapper = dict(
         dict(regex=r'(norm|bn)', decay_mult=0.0),
     ]))
 
+# SyncBN as the official recipe (`sync_bn: True`): with a launcher (several
+# GPUs) mmengine turns every trainable BatchNorm (backbone, which trains here,
+# and encoder) into torch.nn.SyncBatchNorm, so batch statistics are taken over
+# all GPUs. No effect in a single process; ignored on CPU (gloo,
+# rtdetr_mm/engine/dist.py), where SyncBN cannot run and each rank uses the
+# statistics of its own batch.
+sync_bn = 'torch'
+
 # Strong augmentation and multi-scale stop 3 epochs before the end (official
 # policy epoch = max_epochs - 3); the EMA hook is inherited unchanged.
 custom_hooks = [

@@ -12,11 +12,15 @@ max_epochs = 72
 train_cfg = dict(max_epochs=max_epochs)
 
 # Official multi-scale training: every batch is resized (nearest) to a size
-# drawn from this list (640 three times), until the last epochs.
+# drawn from 480, 512, ..., 800 (640 three times), until the last epochs.
+# Written relative to the batch it receives (image_size), so the range follows
+# image_size: 0.75 x 640 = 480 ... 1.25 x 640 = 800, multiples of 32.
 model = dict(
     data_preprocessor=dict(batch_augments=[
         dict(type='RTDETRv2BatchResize',
-             scales=[480, 512, 544, 576, 608, 640, 640, 640, 672, 704, 736, 768, 800],
+             scale_ratios=[0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.0, 1.0,
+                           1.05, 1.1, 1.15, 1.2, 1.25],
+             size_divisor=32,
              mode='nearest'),
     ]))
 
@@ -34,8 +38,7 @@ optim_wrapper = dict(
 # distortion / zoom-out / IoU crop and without multi-scale (counted from the
 # end, so changing max_epochs moves it).
 custom_hooks = [
-    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=1e-4, gamma=2000,
-         update_buffers=True, priority=49),
+    _base_.custom_hooks[0],  # RTDETRv2EMAHook of default_runtime.py
     dict(type='RTDETRv2AugSwitchHook', stop_epochs_before_end=1,
          switch_pipeline={{_base_.train_pipeline_no_strong_aug}}),
 ]

@@ -9,11 +9,12 @@ dataset_type = 'CocoDataset'
 data_root = 'data/coco/'
 backend_args = None  # file client arguments (None: local disk)
 
-# (height, width) of the network input for training and evaluation, written
-# once here and used by every Resize below. The official models are trained
-# and exported at 640x640. A child config that changes it must also redefine
-# the pipelines (mmengine resolves the pipelines when this file is parsed),
-# and should keep it a multiple of 32 (the largest feature stride).
+# IMAGE_SIZE: (height, width) of the network input for training and
+# evaluation, multiples of 32 (the largest feature stride). RTDETRv2Runner
+# writes the final value (after child configs and --cfg-options) into every
+# Resize below and into RTDETRv2AugSwitchHook's pipeline; the multi-scale
+# range and the decoder's anchors follow it. The official models are trained
+# and exported at 640x640.
 image_size = (640, 640)
 
 train_pipeline = [
@@ -64,7 +65,7 @@ train_pipeline = [
     # dataset draws another one). NOTE: mmdet keeps w > 1, torchvision w >= 1.
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
     dict(type='RandomFlip', prob=0.5),  # horizontal
-    dict(type='Resize', scale=image_size, keep_ratio=False),
+    dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
     # The official pipeline sanitizes again after the resize (zoom-out then
     # resize can shrink boxes below 1 px).
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
@@ -78,7 +79,7 @@ train_pipeline_no_strong_aug = [
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='Resize', scale=image_size, keep_ratio=False),
+    dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
     dict(type='PackDetInputs'),
 ]
@@ -86,7 +87,7 @@ test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
     # NOTE: the official evaluation resizes with PIL bilinear, mmdet with
     # cv2 bilinear (slightly different pixels).
-    dict(type='Resize', scale=image_size, keep_ratio=False),
+    dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
     # Loaded after the resize: the evaluator reads the original boxes from
     # the annotation file, these are only for visualisation.
     dict(type='LoadAnnotations', with_bbox=True),
@@ -96,13 +97,14 @@ test_pipeline = [
 ]
 
 train_dataloader = dict(
-    batch_size=4,             # per GPU; official total batch 16 = 4 GPUs x 4
+    batch_size=4,             # TRAIN_BATCH per GPU; official total 16 = 4 GPUs x 4
     num_workers=4,            # per GPU, as the official loader
     persistent_workers=True,  # RTDETRv2AugSwitchHook restarts them at the switch
     drop_last=True,           # as the official train loader
     # Plain random batches as the official loader (no aspect-ratio grouping:
     # every image is resized to the same square anyway).
-    sampler=dict(type='DefaultSampler', shuffle=True),
+    # DefaultSampler that can resume inside an epoch (RTDETRv2EpochBasedTrainLoop).
+    sampler=dict(type='RTDETRv2ResumableSampler', shuffle=True),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
@@ -116,7 +118,7 @@ train_dataloader = dict(
 val_dataloader = dict(
     # per GPU: official total 32 = 4 GPUs x 8. With a fixed-size resize and
     # no padding the batch size does not change the results.
-    batch_size=8,
+    batch_size=8,  # VAL_BATCH
     num_workers=4,
     persistent_workers=True,
     drop_last=False,

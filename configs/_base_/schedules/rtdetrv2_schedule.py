@@ -3,12 +3,17 @@
 # official MultiStepLR milestone is epoch 1000, i.e. never), gradient-norm
 # clipping at 0.1, 72 epochs for L/X.
 optim_wrapper = dict(
-    type='OptimWrapper',  # fp32; AmpOptimWrapper (tools/train.py --amp) needs a GPU
+    # fp32. USE_BF16 / USE_FP16: type='RTDETRv2AmpOptimWrapper' with
+    # dtype='bfloat16' (CPU or GPU) or dtype='float16' (CUDA, loss scaling).
+    type='OptimWrapper',
+    # GRAD_ACCUM: optimizer step every N micro-batches (effective batch =
+    # train_dataloader.batch_size x N x GPUs); the EMA updates per step.
+    accumulative_counts=1,
     optimizer=dict(
         type='AdamW',
-        lr=1e-4,               # base lr at a total batch of 16
+        lr=1e-4,               # LEARNING_RATE: base lr at a total batch of 16
         betas=(0.9, 0.999),
-        weight_decay=1e-4),
+        weight_decay=1e-4),    # WEIGHT_DECAY (norms exempt: paramwise_cfg)
     clip_grad=dict(max_norm=0.1, norm_type=2),  # L2 norm of all gradients
     # mmengine's DefaultOptimWrapperConstructor groups: the backbone trains at
     # lr x 0.1 (1e-5, official L/M), norm layers without weight decay.
@@ -21,17 +26,28 @@ optim_wrapper = dict(
         norm_decay_mult=0.0))
 
 param_scheduler = [
-    # Official LinearWarmup: the lr of iteration t (0-based) is
-    # base_lr * min(1, (t + 1) / 2000). mmengine's LinearLR with begin 0 and
-    # end 2000 gives start_factor + (1 - start_factor) * t / 1999, which with
-    # start_factor 1/2000 is exactly (t + 1) / 2000; after `end` the lr stays
-    # at base_lr (no other scheduler: constant).
-    dict(type='LinearLR', start_factor=1.0 / 2000, by_epoch=False, begin=0, end=2000),
+    # Official LinearWarmup: the lr of optimizer step t (0-based) is
+    # base_lr * min(1, (t + 1) / W), then constant (the official MultiStepLR
+    # milestone is epoch 1000, i.e. never).
+    # WARMUP_RATIO: W = round(warmup_ratio * all optimizer steps of the run),
+    # computed when training starts from the dataset length, batch size,
+    # world size, accumulative_counts and max_epochs; None keeps the official
+    # W = warmup_steps = 2000. The EMA warm-up follows W (RTDETRv2EMAHook).
+    dict(type='RTDETRv2LinearWarmupLR',
+         warmup_ratio=None,
+         warmup_steps=2000,
+         by_epoch=True,                # begin/end in epochs (end: max_epochs) ...
+         convert_to_iter_based=True),  # ... so that mmengine passes the epoch length
 ]
 
 max_epochs = 72  # official L/X; the S/M*/M configs override it (120/120/84)
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs,
-                 val_interval=1)  # COCO evaluation after every epoch, as official
+train_cfg = dict(
+    type='RTDETRv2EpochBasedTrainLoop',
+    max_epochs=max_epochs,
+    # EVAL_RATE_EPOCHS: validate (and keep the best checkpoint) every N epochs;
+    # a fraction validates inside epochs at evenly spaced iterations (0.5 =
+    # twice per epoch) and saves a resumable iter_<n>.pth there. 1 = official.
+    val_interval=1)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 

@@ -1,3 +1,5 @@
 from .aug_switch_hook import RTDETRv2AugSwitchHook
+from .checkpoint_hook import RTDETRv2CheckpointHook
+from .ema_hook import RTDETRv2EMAHook
 
-__all__ = ['RTDETRv2AugSwitchHook']
+__all__ = ['RTDETRv2AugSwitchHook', 'RTDETRv2CheckpointHook', 'RTDETRv2EMAHook']

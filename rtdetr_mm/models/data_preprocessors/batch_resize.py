@@ -52,7 +52,13 @@ class RTDETRv2BatchResize(BaseModule):
     and does not update ``scale_factor``.
 
     Args:
-        scales (Sequence[int | tuple[int, int]]): Square sizes or (h, w).
+        scales (Sequence[int | tuple[int, int]], optional): Absolute sizes:
+            square sides or (h, w). Give this or ``scale_ratios``.
+        scale_ratios (Sequence[float], optional): Sizes relative to the
+            batch received, so the range follows ``image_size``: the
+            official list is 640 x (0.75, 0.8, ..., 1.25) with 1.0 three
+            times (= 480 ... 800 for a 640 batch).
+        size_divisor (int): Relative sizes are rounded to multiples of it.
         mode (str): ``F.interpolate`` mode. Defaults to 'nearest'.
         align_corners (bool, optional): Passed to ``F.interpolate`` for the
             linear modes. Defaults to None.
@@ -65,16 +71,25 @@ class RTDETRv2BatchResize(BaseModule):
             ``RTDETRv2AugSwitchHook`` switches it off for the last epochs.
     """
 
-    def __init__(self, scales: Sequence[Scale], mode: str = 'nearest',
-                 align_corners: Optional[bool] = None, interval: int = 1,
-                 init_cfg: Optional[dict] = None) -> None:
+    def __init__(self, scales: Optional[Sequence[Scale]] = None,
+                 scale_ratios: Optional[Sequence[float]] = None, size_divisor: int = 32,
+                 mode: str = 'nearest', align_corners: Optional[bool] = None,
+                 interval: int = 1, init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if not scales:
-            raise ValueError('RTDETRv2BatchResize needs at least one scale')
+        if (scales is None) == (scale_ratios is None):
+            raise ValueError('RTDETRv2BatchResize needs exactly one of `scales` (absolute '
+                             'sizes) and `scale_ratios` (relative to the incoming batch)')
         if interval < 1:
             raise ValueError(f'interval must be >= 1, got {interval}')
+        if scale_ratios is not None:
+            if not scale_ratios or min(scale_ratios) <= 0:
+                raise ValueError(f'scale_ratios must be positive numbers, got {scale_ratios!r}')
+        elif not scales:
+            raise ValueError('RTDETRv2BatchResize needs at least one scale')
+        self.scale_ratios = None if scale_ratios is None else [float(r) for r in scale_ratios]
+        self.size_divisor = size_divisor
         self.scales: List[Tuple[int, int]] = []
-        for s in scales:
+        for s in scales or []:
             if isinstance(s, (int, float, np.integer)):
                 hw = (int(s), int(s))
             else:
@@ -89,12 +104,25 @@ class RTDETRv2BatchResize(BaseModule):
         self._calls = 0
         self._size: Optional[Tuple[int, int]] = None
 
-    def _draw_size(self, device: torch.device) -> Tuple[int, int]:
-        """Draw an index into ``scales``; rank 0's draw wins in DDP."""
-        index = torch.tensor([random.randrange(len(self.scales))], device=device)
+    def candidate_sizes(self, batch_hw: Tuple[int, int]) -> List[Tuple[int, int]]:
+        """The (h, w) sizes a batch of size ``batch_hw`` is resized to.
+
+        ``scales`` as given, or each of ``scale_ratios`` times ``batch_hw``
+        rounded to the nearest multiple of ``size_divisor``.
+        """
+        if self.scale_ratios is None:
+            return self.scales
+        div = self.size_divisor
+        return [(max(div, int(round(r * batch_hw[0] / div)) * div),
+                 max(div, int(round(r * batch_hw[1] / div)) * div)) for r in self.scale_ratios]
+
+    def _draw_size(self, batch_hw: Tuple[int, int], device: torch.device) -> Tuple[int, int]:
+        """Draw one of :meth:`candidate_sizes`; rank 0's draw wins in DDP."""
+        sizes = self.candidate_sizes(batch_hw)
+        index = torch.tensor([random.randrange(len(sizes))], device=device)
         if get_dist_info()[1] > 1:
             broadcast(index, src=0)
-        return self.scales[int(index.item())]
+        return sizes[int(index.item())]
 
     def forward(self, inputs: Tensor, data_samples: SampleList) -> Tuple[Tensor, SampleList]:
         """Resize the batch and its annotations.
@@ -111,10 +139,10 @@ class RTDETRv2BatchResize(BaseModule):
         """
         if not self.enabled:
             return inputs, data_samples
-        if self._size is None or self._calls % self.interval == 0:
-            self._size = self._draw_size(inputs.device)
-        self._calls += 1
         h, w = inputs.shape[-2:]
+        if self._size is None or self._calls % self.interval == 0:
+            self._size = self._draw_size((h, w), inputs.device)
+        self._calls += 1
         new_h, new_w = self._size
         if (new_h, new_w) == (h, w):
             return inputs, data_samples

@@ -1,0 +1,3 @@
+from .resumable_sampler import RTDETRv2ResumableSampler
+
+__all__ = ['RTDETRv2ResumableSampler']

@@ -1,0 +1,123 @@
+"""Checkpoints that are never lost: write first, delete old ones after."""
+import os
+import os.path as osp
+from typing import Optional
+
+from mmdet.registry import HOOKS
+from mmengine.dist import is_main_process
+from mmengine.hooks import CheckpointHook
+
+
+@HOOKS.register_module()
+class RTDETRv2CheckpointHook(CheckpointHook):
+    """mmengine's ``CheckpointHook`` (same arguments and file names) with:
+
+    - **safe ordering**: a new checkpoint (regular or best) is complete and
+      renamed into place (``RTDETRv2Runner.save_checkpoint`` writes
+      ``<name>.tmp`` then renames) *before* the checkpoints it replaces are
+      deleted and before ``last_checkpoint`` points at it. mmengine deletes
+      the oldest kept checkpoint and the previous best first, so a run killed
+      while saving could be left with neither.
+    - **mid-epoch checkpoints** for a fractional ``train_cfg.val_interval``
+      (``RTDETRv2EpochBasedTrainLoop``): after each mid-epoch validation the
+      loop calls :meth:`save_mid_epoch_checkpoint`, which writes
+      ``iter_<n>.pth`` (resumable: meta epoch = current epoch, iter = ``n``
+      iterations done) and deletes the previous mid-epoch file; a best
+      checkpoint found there is named ``best_<key>_iter_<n>.pth``.
+    """
+
+    #: file name of the newest mid-epoch checkpoint (set once one is saved)
+    _mid_epoch_ckpt: Optional[str] = None
+
+    # -- regular checkpoints ------------------------------------------------
+    def _save_checkpoint_with_step(self, runner, step, meta) -> None:
+        """Save ``filename_tmpl.format(step)``, point ``last_checkpoint`` at it,
+        then drop the checkpoints beyond ``max_keep_ckpts``."""
+        self._write(runner, self.filename_tmpl.format(step), meta, by_epoch=self.by_epoch)
+        if self.max_keep_ckpts > 0 and (not self.keep_ckpt_ids or
+                                        self.keep_ckpt_ids[-1] != step):
+            dropped = None
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                dropped = self.keep_ckpt_ids.popleft()
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+            if dropped is not None:
+                self._remove(self.filename_tmpl.format(dropped))
+        self._drop_mid_epoch_checkpoint(keep=None)
+
+    def save_mid_epoch_checkpoint(self, runner) -> None:
+        """Save ``iter_<n>.pth`` after the n-th iteration of the run, inside
+        an epoch (meta: epoch = the current, unfinished epoch, iter = n);
+        replaces the previous mid-epoch checkpoint."""
+        filename = f'iter_{runner.iter}.pth'
+        self._write(runner, filename, dict(epoch=runner.epoch, iter=runner.iter),
+                    by_epoch=False)
+        self._drop_mid_epoch_checkpoint(keep=filename)
+        self._mid_epoch_ckpt = filename
+
+    def _write(self, runner, filename: str, meta: dict, by_epoch: bool) -> None:
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        runner.save_checkpoint(self.out_dir, filename, self.file_client_args,
+                               save_optimizer=self.save_optimizer,
+                               save_param_scheduler=self.save_param_scheduler,
+                               meta=meta, by_epoch=by_epoch, backend_args=self.backend_args)
+        if is_main_process():
+            pointer = osp.join(runner.work_dir, 'last_checkpoint')
+            with open(pointer + '.tmp', 'w') as f:
+                f.write(self.last_ckpt)
+            os.replace(pointer + '.tmp', pointer)
+
+    def _drop_mid_epoch_checkpoint(self, keep: Optional[str]) -> None:
+        if self._mid_epoch_ckpt is not None and self._mid_epoch_ckpt != keep:
+            self._remove(self._mid_epoch_ckpt)
+            self._mid_epoch_ckpt = None
+
+    def _remove(self, filename: str) -> None:
+        if not is_main_process():
+            return
+        path = self.file_backend.join_path(self.out_dir, filename)
+        if self.file_backend.isfile(path):
+            self.file_backend.remove(path)
+
+    # -- best checkpoints ---------------------------------------------------
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        """``CheckpointHook._save_best_checkpoint``, but the previous best is
+        deleted only after the new one is saved; mid-epoch names by
+        iteration."""
+        if not self.save_best:
+            return
+        single = len(self.key_indicators) == 1
+        previous = ({'_': self.best_ckpt_path} if single
+                    else dict(getattr(self, 'best_ckpt_path_dict', {})))
+        # Hide the previous paths so the parent does not delete them first.
+        if single:
+            self.best_ckpt_path = None
+        else:
+            self.best_ckpt_path_dict = {k: None for k in previous}
+        mid_epoch = bool(getattr(runner._train_loop, 'in_mid_epoch_validation', False))
+        saved = (self.by_epoch, self.filename_tmpl, self.last_ckpt)
+        if mid_epoch:
+            # name by iteration; skip the parent's trailing re-save of a
+            # regular checkpoint (the loop saves iter_<n>.pth right after).
+            # (a template without a placeholder formats to itself)
+            self.by_epoch, self.last_ckpt = False, None
+            self.filename_tmpl = f'iter_{runner.iter}.pth'
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            self.by_epoch, self.filename_tmpl = saved[0], saved[1]
+            if mid_epoch:
+                self.last_ckpt = saved[2]
+            current = ({'_': self.best_ckpt_path} if single
+                       else dict(self.best_ckpt_path_dict))
+            for key, old in previous.items():
+                new = current.get(key)
+                if new is None:  # not improved: keep the previous best
+                    if single:
+                        self.best_ckpt_path = old
+                    else:
+                        self.best_ckpt_path_dict[key] = old
+                elif old and old != new and is_main_process() and self.file_backend.isfile(old):
+                    self.file_backend.remove(old)
+                    runner.logger.info(f'The previous best checkpoint {old} is removed')

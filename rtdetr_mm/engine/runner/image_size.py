@@ -1,0 +1,118 @@
+"""The IMAGE_SIZE knob: one top-level config key, applied when the run starts.
+
+mmengine evaluates a base config once: a pipeline written in the base
+dataset config as ``dict(type='Resize', scale=image_size)`` keeps the base's
+value even when a child config or ``--cfg-options image_size=...`` changes
+``image_size``. :func:`apply_image_size` (called by ``RTDETRv2Runner`` before
+anything is built) writes the final ``cfg.image_size`` into every ``Resize``
+step of the train / val / test pipelines and of the
+``RTDETRv2AugSwitchHook.switch_pipeline``.
+
+What follows the size without this function:
+- the multi-scale range: ``RTDETRv2BatchResize(scale_ratios=...)`` draws sizes
+  relative to the batch it receives (which has the pipeline's size);
+- the decoder's anchors and the encoder's position embedding: both are cached
+  per feature-map shape, so a new size makes new ones.
+"""
+import copy
+from typing import List, Optional, Sequence, Tuple
+
+from mmengine.config import Config
+
+#: Largest feature stride of RT-DETRv2: sizes must be multiples of it.
+SIZE_DIVISOR = 32
+_RESIZE_TYPES = ('Resize', 'mmdet.Resize')
+
+
+def check_image_size(image_size, key: str = 'image_size') -> Tuple[int, int]:
+    """Validate ``image_size`` and return it as ``(height, width)``.
+
+    Args:
+        image_size (int | Sequence[int]): A square side or (height, width)
+            in pixels, each a positive multiple of 32.
+        key (str): Config key named in the error.
+
+    Raises:
+        ValueError: naming ``key``, the value and the nearest valid sizes.
+    """
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        size = (image_size, image_size)
+    elif isinstance(image_size, Sequence) and not isinstance(image_size, str) \
+            and len(image_size) == 2 and all(isinstance(v, int) for v in image_size):
+        size = (int(image_size[0]), int(image_size[1]))
+    else:
+        raise ValueError(f'{key} must be an int or a (height, width) pair of ints, '
+                         f'got {image_size!r}')
+    bad = [v for v in size if v <= 0 or v % SIZE_DIVISOR]
+    if bad:
+        hints = ', '.join(f'{v} -> {_nearest(v)}' for v in bad)
+        raise ValueError(
+            f'{key}={image_size!r}: every side must be a positive multiple of '
+            f'{SIZE_DIVISOR} (the largest feature stride of RT-DETRv2); nearest valid: {hints}')
+    return size
+
+
+def _nearest(value: int) -> str:
+    lower = max(SIZE_DIVISOR, value // SIZE_DIVISOR * SIZE_DIVISOR)
+    upper = lower + SIZE_DIVISOR if lower < value else lower
+    return str(lower) if lower == upper else f'{lower} or {upper}'
+
+
+def _dataset_pipelines(dataset: dict, where: str) -> List[Tuple[str, list]]:
+    """(config path, pipeline list) of a dataset config and its wrapped ones."""
+    found = []
+    if isinstance(dataset.get('pipeline'), list):
+        found.append((f'{where}.pipeline', dataset['pipeline']))
+    if isinstance(dataset.get('dataset'), dict):  # RepeatDataset, ClassBalancedDataset
+        found += _dataset_pipelines(dataset['dataset'], f'{where}.dataset')
+    for i, child in enumerate(dataset.get('datasets') or []):  # ConcatDataset
+        if isinstance(child, dict):
+            found += _dataset_pipelines(child, f'{where}.datasets.{i}')
+    return found
+
+
+def _pipelines(cfg: Config) -> List[Tuple[str, list]]:
+    found = []
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dataset = (cfg.get(loader) or {}).get('dataset')
+        if isinstance(dataset, dict):
+            found += _dataset_pipelines(dataset, f'{loader}.dataset')
+    for i, hook in enumerate(cfg.get('custom_hooks') or []):
+        if hook.get('type') in ('RTDETRv2AugSwitchHook', 'mmdet.RTDETRv2AugSwitchHook') \
+                and isinstance(hook.get('switch_pipeline'), list):
+            found.append((f'custom_hooks.{i}.switch_pipeline', hook['switch_pipeline']))
+    return found
+
+
+def apply_image_size(cfg: Config) -> Optional[Tuple[int, int]]:
+    """Write ``cfg.image_size`` into the ``scale`` of every ``Resize`` step.
+
+    ``image_size`` unset or None leaves the config alone. ``Resize`` takes
+    ``scale`` as (width, height); ``image_size`` is (height, width) like
+    every shape in mmdet's data samples.
+
+    Returns:
+        tuple[int, int] | None: the applied (height, width).
+
+    Raises:
+        ValueError: invalid ``image_size`` (see :func:`check_image_size`), or
+            a train/val/test pipeline without a ``Resize`` step to apply it to.
+    """
+    if cfg.get('image_size') is None:
+        return None
+    height, width = check_image_size(cfg.image_size)
+    for where, pipeline in _pipelines(cfg):
+        steps = [step for step in pipeline if step.get('type') in _RESIZE_TYPES]
+        if not steps:
+            raise ValueError(f'image_size={cfg.image_size!r} is set but {where} has no Resize '
+                             'step to apply it to; add one or set image_size=None')
+        for step in steps:
+            step['scale'] = (width, height)
+    return height, width
+
+
+def resolved_copy(cfg: Config) -> Config:
+    """A deep copy of ``cfg`` with :func:`apply_image_size` applied."""
+    cfg = copy.deepcopy(cfg)
+    apply_image_size(cfg)
+    return cfg

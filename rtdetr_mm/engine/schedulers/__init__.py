@@ -1,0 +1,3 @@
+from .warmup import RTDETRv2LinearWarmupLR
+
+__all__ = ['RTDETRv2LinearWarmupLR']
