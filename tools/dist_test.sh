@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args...]
-# Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT (as mmdet's script).
+# tools/dist_test.sh CONFIG CHECKPOINT NPROC [test.py args...]
+#
+# NPROC test processes on this machine (torchrun + `tools/test.py --launcher
+# pytorch`); each predicts its share of the images and rank 0 gathers and
+# evaluates them. GPUs: one process per GPU, nccl. No visible GPU: CPU
+# processes over gloo (rtdetr_mm/engine/dist.py). Several nodes: NNODES,
+# NODE_RANK, MASTER_ADDR, PORT as in tools/dist_train.sh.
 set -euo pipefail
 
 CONFIG=$1

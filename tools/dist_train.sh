@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# tools/dist_train.sh CONFIG GPUS [train.py args...]
-# Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT (as mmdet's script).
+# tools/dist_train.sh CONFIG NPROC [train.py args...]
+#
+# Starts NPROC training processes on this machine with torchrun
+# (python -m torch.distributed.run) and `tools/train.py --launcher pytorch`.
+# With GPUs: one process per GPU, nccl, SyncBN where the config sets sync_bn.
+# Without a visible GPU (CPU-only torch, or CUDA_VISIBLE_DEVICES=''): the same
+# command runs NPROC CPU processes that talk over gloo, $OMP_NUM_THREADS
+# threads each (1 unless set), no SyncBN (rtdetr_mm/engine/dist.py).
+# Several nodes: run it on every node with the same MASTER_ADDR (node 0's
+# address) and PORT, NNODES=<nodes> and NODE_RANK=0..NNODES-1.
 set -euo pipefail
 
 CONFIG=$1

@@ -20,6 +20,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import rtdetr_mm  # noqa: F401,E402
 from rtdetr_mm.engine.cli import load_config  # noqa: E402
+from rtdetr_mm.engine.dist import setup_cpu_distributed  # noqa: E402
 from mmdet.engine.hooks.utils import trigger_visualization_hook  # noqa: E402
 from mmdet.evaluation import DumpDetResults  # noqa: E402
 from mmdet.registry import RUNNERS  # noqa: E402
@@ -131,6 +132,9 @@ def main(argv=None):
     # fewer repeated torch.compile recompilations
     setup_cache_size_limit_of_dynamo()
     cfg = build_cfg(args)
+    # --launcher without a GPU: gloo process group, CPU DDP wrapper, no
+    # SyncBN, $OMP_NUM_THREADS (1) threads per rank; a no-op with CUDA.
+    setup_cpu_distributed(cfg)
     if 'runner_type' in cfg:
         runner = RUNNERS.build(cfg)
     else:

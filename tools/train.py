@@ -18,6 +18,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import rtdetr_mm  # noqa: F401,E402
 from rtdetr_mm.engine.cli import load_config  # noqa: E402
+from rtdetr_mm.engine.dist import setup_cpu_distributed  # noqa: E402
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
@@ -106,6 +107,9 @@ def main(argv=None):
     # fewer repeated torch.compile recompilations
     setup_cache_size_limit_of_dynamo()
     cfg = build_cfg(args)
+    # --launcher without a GPU: gloo process group, CPU DDP wrapper, no
+    # SyncBN, $OMP_NUM_THREADS (1) threads per rank; a no-op with CUDA.
+    setup_cpu_distributed(cfg)
     if 'runner_type' in cfg:
         runner = RUNNERS.build(cfg)
     else:

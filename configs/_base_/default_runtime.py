@@ -20,7 +20,13 @@ default_hooks = dict(
         save_best='coco/bbox_mAP',  # also keep best_coco_bbox_mAP_epoch_*.pth
         rule='greater'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='DetVisualizationHook'))
+    visualization=dict(type='DetVisualizationHook'),
+    # Before the first iteration (and before testing): the annotations of the
+    # datasets this run uses against metainfo.classes and the head's
+    # num_classes / num_queries / denoising budget; errors name the file,
+    # image id, annotation id or config key (rtdetr_mm/datasets/validation.py).
+    # A default hook, so that child configs replacing custom_hooks keep it.
+    dataset_check=dict(type='RTDETRv2DatasetCheckHook'))
 
 custom_hooks = [
     # Official ModelEMA(decay=0.9999, warmups=2000): at its k-th update the

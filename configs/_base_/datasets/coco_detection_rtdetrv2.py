@@ -5,7 +5,11 @@
 # RGB / 255 (mean 0, std 255 in the model's data_preprocessor).
 # Multi-scale training (480-800) is not here: it resizes whole batches in the
 # model's data_preprocessor (RTDETRv2BatchResize, see the size configs).
-dataset_type = 'CocoDataset'
+# mmdet's CocoDataset plus annotation checks when it is built (category names
+# vs metainfo.classes, unknown ids, missing image files, degenerate boxes
+# clipped or dropped with counts logged: rtdetr_mm/datasets/coco.py).
+# RTDETRv2LoadImageFromFile is mmcv's loader, failing with the image path.
+dataset_type = 'RTDETRv2CocoDataset'
 data_root = 'data/coco/'
 backend_args = None  # file client arguments (None: local disk)
 
@@ -18,7 +22,7 @@ backend_args = None  # file client arguments (None: local disk)
 image_size = (640, 640)
 
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='RTDETRv2LoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     # torchvision RandomPhotometricDistort(p=0.5): brightness, contrast,
     # saturation, hue and a channel permutation are each applied with
@@ -75,7 +79,7 @@ train_pipeline = [
 # the same without PhotoMetricDistortion, Expand (zoom-out) and
 # MinIoURandomCrop, as the official `stop_epoch` policy.
 train_pipeline_no_strong_aug = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='RTDETRv2LoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
     dict(type='RandomFlip', prob=0.5),
@@ -84,7 +88,7 @@ train_pipeline_no_strong_aug = [
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='RTDETRv2LoadImageFromFile', backend_args=backend_args),
     # NOTE: the official evaluation resizes with PIL bilinear, mmdet with
     # cv2 bilinear (slightly different pixels).
     dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
