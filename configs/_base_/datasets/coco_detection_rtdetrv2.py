@@ -8,7 +8,8 @@
 # mmdet's CocoDataset plus annotation checks when it is built (category names
 # vs metainfo.classes, unknown ids, missing image files, degenerate boxes
 # clipped or dropped with counts logged: rtdetr_mm/datasets/coco.py).
-# RTDETRv2LoadImageFromFile is mmcv's loader, failing with the image path.
+# RTDETRv2LoadImageFromFile (training) is mmcv's loader, failing with the
+# image path.
 dataset_type = 'RTDETRv2CocoDataset'
 data_root = 'data/coco/'
 backend_args = None  # file client arguments (None: local disk)
@@ -88,7 +89,9 @@ train_pipeline_no_strong_aug = [
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
-    dict(type='RTDETRv2LoadImageFromFile', backend_args=backend_args),
+    # mmcv's loader by name: mmdet's DetInferencer looks for exactly this
+    # type (RTDETRv2CocoDataset still names the image if it fails).
+    dict(type='LoadImageFromFile', backend_args=backend_args),
     # NOTE: the official evaluation resizes with PIL bilinear, mmdet with
     # cv2 bilinear (slightly different pixels).
     dict(type='Resize', scale=image_size[::-1], keep_ratio=False),

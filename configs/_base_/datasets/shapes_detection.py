@@ -18,7 +18,8 @@
 # mmdet's CocoDataset plus annotation checks when it is built (category names
 # vs metainfo.classes, unknown ids, missing image files, degenerate boxes
 # clipped or dropped with counts logged: rtdetr_mm/datasets/coco.py).
-# RTDETRv2LoadImageFromFile is mmcv's loader, failing with the image path.
+# RTDETRv2LoadImageFromFile (training) is mmcv's loader, failing with the
+# image path.
 dataset_type = 'RTDETRv2CocoDataset'
 data_root = 'data/shapes/'  # made by tools/misc/make_demo_data.py (git-ignored)
 backend_args = None         # file client arguments (None: local disk)
@@ -44,7 +45,9 @@ train_pipeline = [
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
-    dict(type='RTDETRv2LoadImageFromFile', backend_args=backend_args),
+    # mmcv's loader by name: mmdet's DetInferencer looks for exactly this
+    # type (RTDETRv2CocoDataset still names the image if it fails).
+    dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
     # Loaded after the resize: the evaluator reads the original boxes from the
     # annotation file; these are only drawn by the visualizer.

@@ -1,0 +1,117 @@
+"""Export an RT-DETRv2 checkpoint to ONNX and check it against PyTorch.
+
+    python tools/deployment/export_onnx.py CONFIG CHECKPOINT [--out FILE]
+        [--opset {16,17,18}] [--image-size H W] [--sampling {grid_sample,discrete}]
+        [--batch N] [--dynamic-batch] [--no-orig-target-sizes] [--no-check]
+        [--score-tol S] [--box-tol PX]
+
+The file has the official deploy model's interface:
+
+    inputs   images             (N, 3, H, W) float32, RGB, values in [0, 1]
+                                (pixels / 255, resized to H x W without keeping
+                                the aspect ratio; the config's mean/std are
+                                applied inside the graph)
+             orig_target_sizes  (N, 2) int64, (w, h) of the original images
+                                (left out with --no-orig-target-sizes)
+    outputs  labels (N, K) int64, boxes (N, K, 4) float32 xyxy pixels of
+             orig_target_sizes (else of H x W), scores (N, K) float32;
+             K = test_cfg.max_per_img, sorted by score, no threshold applied.
+
+RepVGG branches are fused (``switch_to_deploy``) before export; the check runs
+onnxruntime on deterministic images and compares its detections, matched as
+sets, with the UNFUSED PyTorch model, prints the largest score and box
+differences and exits with status 1 when they exceed the tolerances.
+``--sampling discrete`` replaces grid_sample (GridSample, TensorRT >= 8.5) by
+nearest-pixel gathering; a model trained with grid_sample then moves boxes
+by up to a few pixels, so fine-tune with discrete sampling for deployment.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+# run from a checkout without installing: the repo root goes first on the path
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+import rtdetr_mm  # noqa: F401,E402
+from rtdetr_mm.deployment.onnx_export import (DEFAULT_OPSET, SAMPLING_METHODS,  # noqa: E402
+                                              SUPPORTED_OPSETS, build_detector,
+                                              check_input_size, export_onnx,
+                                              fuse_for_deploy, verify_onnx)
+
+# Default tolerances of the check (score, box px) per sampling method: the
+# exported graph computes the same function, so only float noise differs;
+# discrete sampling rounds to pixel centres, where float noise can flip a
+# sample to the neighbouring pixel.
+DEFAULT_TOLERANCES = {'grid_sample': (5e-4, 0.05), 'discrete': (5e-3, 2.0)}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Export RT-DETRv2 to ONNX (boxes, scores, labels) and check it '
+        'against PyTorch with onnxruntime')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='checkpoint file (mmdet format)')
+    parser.add_argument('--out', help='output .onnx file (default: the checkpoint path '
+                        'with the sampling method and .onnx)')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, choices=SUPPORTED_OPSETS,
+                        help='ONNX opset (TensorRT parses 16-18)')
+    parser.add_argument('--image-size', type=int, nargs=2, metavar=('H', 'W'),
+                        default=(640, 640), help='network input size, multiples of 32')
+    parser.add_argument('--sampling', choices=sorted(SAMPLING_METHODS), default='grid_sample',
+                        help='deformable-attention sampling: grid_sample (bilinear, '
+                        'GridSample op) or discrete (nearest pixel, Gather only)')
+    parser.add_argument('--batch', type=int, default=1, help='batch size of the export '
+                        'example (the fixed batch unless --dynamic-batch)')
+    parser.add_argument('--dynamic-batch', action='store_true',
+                        help='make the batch axis dynamic')
+    parser.add_argument('--no-orig-target-sizes', action='store_true',
+                        help='no orig_target_sizes input: boxes in pixels of H x W')
+    parser.add_argument('--no-check', action='store_true',
+                        help='skip the onnxruntime check against PyTorch')
+    parser.add_argument('--score-tol', type=float, help='largest allowed score '
+                        'difference (default 5e-4; 5e-3 with --sampling discrete)')
+    parser.add_argument('--box-tol', type=float, help='largest allowed box difference '
+                        'in pixels (default 0.05; 2.0 with --sampling discrete)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    input_size = check_input_size(args.image_size)
+    out = args.out or osp.splitext(args.checkpoint)[0] + f'_{args.sampling}.onnx'
+    if osp.dirname(out):
+        os.makedirs(osp.dirname(out), exist_ok=True)
+
+    model = build_detector(args.config, args.checkpoint, args.sampling)
+    fused = fuse_for_deploy(model)
+    export_onnx(fused, out, input_size, opset=args.opset, batch=args.batch,
+                dynamic_batch=args.dynamic_batch,
+                with_orig_target_sizes=not args.no_orig_target_sizes)
+    print(f'exported {out} (opset {args.opset}, {args.sampling} sampling, input '
+          f'{input_size[0]}x{input_size[1]}, batch '
+          f'{"dynamic" if args.dynamic_batch else args.batch}, RepVGG fused)')
+    if args.no_check:
+        return 0
+
+    score_tol, box_tol = DEFAULT_TOLERANCES[args.sampling]
+    score_tol = args.score_tol if args.score_tol is not None else score_tol
+    box_tol = args.box_tol if args.box_tol is not None else box_tol
+    # A dynamic file is also checked at another batch size than the traced one.
+    batches = [args.batch, args.batch + 1] if args.dynamic_batch else [args.batch]
+    failed = False
+    for batch in batches:
+        diffs = verify_onnx(out, model, input_size, batch=batch)
+        ok = (diffs['matched'] > 0 and diffs['max_score_diff'] <= score_tol
+              and diffs['max_box_diff'] <= box_tol)
+        failed |= not ok
+        print(f'onnxruntime vs PyTorch (unfused), batch {batch}: '
+              f'max score diff {diffs["max_score_diff"]:.3g} (tol {score_tol:g}), '
+              f'max box diff {diffs["max_box_diff"]:.3g} px (tol {box_tol:g}), '
+              f'{diffs["matched"]} detections matched, '
+              f'{diffs["count_mismatches"]} count mismatches: {"OK" if ok else "FAILED"}')
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
