@@ -189,3 +189,55 @@ def test_url_loaders_are_restricted(trained, tmp_path):
             'file://' + evil, model_dir=str(tmp_path / 'evil'))
     assert 'file://' + evil in str(info.value)
     assert not marker.exists()
+
+
+# ------------------------------------------------ every command-line entry point
+def test_pickled_callable_refused_by_every_entry_point(tmp_path):
+    """``load_from`` and ``--resume`` of tools/train.py, tools/test.py and the
+    converter, each in its own process with no TORCH_FORCE* variable: exit
+    code != 0, the message names the file and the global, the payload never
+    ran. The four processes run side by side, each with a hard timeout."""
+    import subprocess
+    import sys
+    from tiny_coco import make_tiny_coco, tiny_config
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    data = make_tiny_coco(str(tmp_path / 'data'), num_images=2, size=(64, 64))
+    config = tiny_config(
+        str(tmp_path / 'cfg.py'),
+        osp.join(root, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py'), data,
+        size=(64, 64), max_epochs=1, batch_size=2, small_model=True)
+    marker = tmp_path / 'pwned'
+    evil = str(tmp_path / 'evil.pth')
+    torch.save({'meta': {'epoch': 0, 'iter': 0}, 'state_dict': {},
+                'x': _RunsCommand(marker)}, evil)
+    work = str(tmp_path / 'work')
+    commands = {
+        'train load_from': ['tools/train.py', config, '--work-dir', work + '1',
+                            '--cfg-options', f'load_from={evil}'],
+        'train --resume': ['tools/train.py', config, '--work-dir', work + '2', '--resume',
+                           evil],
+        'test': ['tools/test.py', config, evil, '--work-dir', work + '3'],
+        'converter': ['tools/model_converters/rtdetrv2_to_mmdet.py', evil,
+                      str(tmp_path / 'converted.pth')],
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith('TORCH_FORCE')}
+    env['OMP_NUM_THREADS'] = '1'
+    env['PYTHONPATH'] = os.pathsep.join([root, env.get('PYTHONPATH', '')])
+    procs = {name: subprocess.Popen([sys.executable] + args, cwd=root, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+             for name, args in commands.items()}
+    outputs = {}
+    try:
+        for name, proc in procs.items():
+            outputs[name] = (proc.communicate(timeout=240)[0], proc.returncode)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    for name, (out, returncode) in outputs.items():
+        assert returncode != 0, f'{name} exited 0:\n{out[-3000:]}'
+        assert f'refusing to unpickle posix.system from {evil}' in out or \
+            f'refusing to unpickle os.system from {evil}' in out, f'{name}:\n{out[-3000:]}'
+        assert 'weights_only=False' not in out, name
+    assert not marker.exists()

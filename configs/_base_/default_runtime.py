@@ -26,7 +26,17 @@ default_hooks = dict(
     # num_classes / num_queries / denoising budget; errors name the file,
     # image id, annotation id or config key (rtdetr_mm/datasets/validation.py).
     # A default hook, so that child configs replacing custom_hooks keep it.
-    dataset_check=dict(type='RTDETRv2DatasetCheckHook'))
+    dataset_check=dict(type='RTDETRv2DatasetCheckHook'),
+    # Every loss term is checked before backward; all ranks agree. 'raise'
+    # stops naming the iteration and the term, 'skip' skips the optimizer
+    # step (at most max_skips in a row); checkpoints with NaN/inf weights are
+    # refused.
+    nonfinite=dict(type='RTDETRv2NonFiniteLossHook', action='raise', max_skips=10,
+                   check_checkpoints=True),
+    # torch / CUDA / numpy / random states and the sampler seed are saved in
+    # every checkpoint and restored on --resume, so an interrupted run
+    # continues as if uninterrupted (exactly with num_workers=0; see the hook).
+    random_state=dict(type='RTDETRv2RandomStateHook'))
 
 custom_hooks = [
     # Official ModelEMA(decay=0.9999, warmups=2000): at its k-th update the

@@ -34,6 +34,10 @@ allowed by torch. The globals are:
   too, so checkpoints written under numpy 1 load under numpy 2 and back.
   Object, string and structured dtypes are not allowed.
 
+A file that cannot be read at all (truncated by a killed save, damaged,
+random bytes) raises :class:`CorruptCheckpointError` naming the file and its
+size, instead of torch's bare zip/pickle error.
+
 Two loading paths get a wrapper (mmengine's source is untouched):
 mmengine's registered checkpoint loaders, so that a refusal names the file
 and the global; and ``mmengine.runner.checkpoint.load_url`` (behind
@@ -46,6 +50,7 @@ import inspect
 import os.path as osp
 import pickle
 import re
+import zipfile
 from typing import Any, Callable, List, Optional
 
 import numpy as np
@@ -53,11 +58,15 @@ import torch
 from torch.serialization import add_safe_globals
 
 __all__ = ['register_safe_globals', 'safe_load_checkpoint',
-           'safe_global_names', 'UnsafeCheckpointError']
+           'safe_global_names', 'UnsafeCheckpointError', 'CorruptCheckpointError']
 
 
 class UnsafeCheckpointError(RuntimeError):
     """A checkpoint holds a global outside the ``weights_only`` allow-list."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file is truncated, corrupt or not a torch file at all."""
 
 
 _REGISTERED = False
@@ -182,13 +191,12 @@ def _torch_detail(message: str) -> str:
     return ' '.join(kept) or 'rejected by the weights_only unpickler'
 
 
-def _refusal(filename: Any, err: BaseException) -> UnsafeCheckpointError:
+def _refusal(filename: Any, err: BaseException) -> RuntimeError:
     name = _offending_global(str(err))
     if name is None:
-        # e.g. a corrupt file or an opcode the restricted unpickler lacks
-        return UnsafeCheckpointError(
-            f'cannot load {filename} with torch.load(weights_only=True): '
-            f'{_torch_detail(str(err))}')
+        # a corrupt file (e.g. "invalid load key") or an opcode the restricted
+        # unpickler lacks: nothing allow-listing could fix
+        return _corrupt(filename, err)
     return UnsafeCheckpointError(
         f'refusing to unpickle {name} from {filename}: checkpoints may only '
         'contain tensors and the types mmengine writes; rtdetr_mm loads them '
@@ -198,6 +206,32 @@ def _refusal(filename: Any, err: BaseException) -> UnsafeCheckpointError:
         'torch.serialization.add_safe_globals([...]) before loading.')
 
 
+# What torch says about a truncated zip archive or a damaged pickle stream.
+_CORRUPT_MARKERS = ('PytorchStreamReader', 'archive is corrupted', 'central directory',
+                    'unexpected EOF', 'Ran out of input', 'invalid load key',
+                    'truncated', 'not a zip file', 'Invalid magic number',
+                    'could not find', 'is a zip archive')
+
+
+def _corrupt(filename: Any, err: BaseException) -> CorruptCheckpointError:
+    size = ''
+    try:
+        size = f' ({osp.getsize(filename)} bytes)'
+    except (OSError, TypeError):
+        pass
+    return CorruptCheckpointError(
+        f'cannot read checkpoint {filename}{size}: the file is truncated or corrupt, or not '
+        f'a torch checkpoint ({type(err).__name__}: {_torch_detail(str(err))}). A run killed '
+        'while saving leaves the previous checkpoints intact: the last_checkpoint file of '
+        'the work dir names the newest complete one.')
+
+
+def _looks_corrupt(err: BaseException) -> bool:
+    if isinstance(err, (EOFError, zipfile.BadZipFile)):
+        return True
+    return any(marker in str(err) for marker in _CORRUPT_MARKERS)
+
+
 def safe_load_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
     """``torch.load(path, weights_only=True)`` with a clear refusal message.
 
@@ -205,13 +239,19 @@ def safe_load_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
         UnsafeCheckpointError: a ``RuntimeError``: the file holds a global
             that is not allow-listed (for example a pickled callable); the
             message names the file and the global.
+        CorruptCheckpointError: a ``RuntimeError``: the file is truncated
+            (e.g. a save that was killed), damaged or not a torch file; the
+            message names the file and its size.
     """
     register_safe_globals()
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
+            ValueError) as err:
         if _is_weights_only_error(err):
             raise _refusal(path, err) from None
+        if _looks_corrupt(err):
+            raise _corrupt(path, err) from None
         raise
 
 
@@ -233,11 +273,13 @@ def _with_clear_refusal(loader: Callable) -> Callable:
     def wrapped(filename, *args, **kwargs):
         try:
             return loader(filename, *args, **kwargs)
-        except UnsafeCheckpointError:
+        except (UnsafeCheckpointError, CorruptCheckpointError):
             raise
-        except (pickle.UnpicklingError, RuntimeError) as err:
+        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
             if _is_weights_only_error(err):
                 raise _refusal(filename, err) from None
+            if _looks_corrupt(err):
+                raise _corrupt(filename, err) from None
             raise
 
     wrapped._rtdetr_mm_safe = True  # type: ignore[attr-defined]
@@ -257,9 +299,11 @@ def _load_url_weights_only(url: str,
             url, model_dir=model_dir, map_location=map_location,
             progress=progress, check_hash=check_hash, file_name=file_name,
             weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
         if _is_weights_only_error(err):
             raise _refusal(url, err) from None
+        if _looks_corrupt(err):
+            raise _corrupt(url, err) from None
         raise
 
 

@@ -29,6 +29,17 @@ class RTDETRv2CheckpointHook(CheckpointHook):
     #: file name of the newest mid-epoch checkpoint (set once one is saved)
     _mid_epoch_ckpt: Optional[str] = None
 
+    def before_train(self, runner) -> None:
+        """mmengine's ``before_train``, plus a warning when the runner does
+        not write checkpoints atomically (a plain mmengine ``Runner``)."""
+        super().before_train(runner)
+        from ..runner import RTDETRv2Runner
+        if not isinstance(runner, RTDETRv2Runner):
+            runner.logger.warning(
+                f'RTDETRv2CheckpointHook: {type(runner).__name__}.save_checkpoint writes '
+                'checkpoints in place, so a run killed while saving leaves a truncated file; '
+                "use runner_type = 'mmdet.RTDETRv2Runner' (tmp file + rename).")
+
     # -- regular checkpoints ------------------------------------------------
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
         """Save ``filename_tmpl.format(step)``, point ``last_checkpoint`` at it,
