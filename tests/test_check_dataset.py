@@ -18,7 +18,7 @@ from test_dataset_validation import _ann, _image, good_coco, write_coco
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(ROOT, 'tools', 'misc', 'check_dataset.py')
-DEMO = osp.join(ROOT, 'configs', 'rtdetrv2_demo', 'rtdetrv2_r18vd-demo_1xb8-24e_shapes.py')
+DEMO = osp.join(ROOT, 'configs', 'rtdetrv2_demo', 'rtdetrv2_r18vd-demo_1xb4-12e_shapes.py')
 CLASSES = ('square', 'disk')
 
 

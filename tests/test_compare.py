@@ -25,7 +25,7 @@ import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
-DINO = osp.join(ROOT, 'configs/comparison/dino-4scale_r50_1xb8-24e_shapes.py')
+DINO = osp.join(ROOT, 'configs/comparison/dino-4scale_r50_1xb4-12e_shapes.py')
 IMAGE_SIZE = (64, 64)  # (h, w)
 NUM_TRAIN, NUM_VAL, BATCH = 8, 4, 4  # 2 training iterations per model
 

@@ -7,7 +7,7 @@ epoch, then draw predictions and plot the loss / mAP curves.
 
 Steps: (1) generate ``data/shapes`` (400 train / 100 val images, 5 classes;
 skipped when it is already there and current); (2) train
-``configs/rtdetrv2_demo/rtdetrv2_r18vd-demo_1xb8-24e_shapes.py`` with the
+``configs/rtdetrv2_demo/rtdetrv2_r18vd-demo_1xb4-12e_shapes.py`` with the
 config's runner (progress every 10 iterations, COCO evaluation every epoch);
 (3) test the final checkpoint (EMA weights) like ``tools/test.py``, drawing
 its predictions with mmdet's visualizer (score >= ``--score-thr``); (4) plot
@@ -34,7 +34,7 @@ from rtdetr_mm.engine.cli import load_config  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 
-CONFIG = osp.join(ROOT, 'configs/rtdetrv2_demo/rtdetrv2_r18vd-demo_1xb8-24e_shapes.py')
+CONFIG = osp.join(ROOT, 'configs/rtdetrv2_demo/rtdetrv2_r18vd-demo_1xb4-12e_shapes.py')
 METRIC_KEYS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
                'bbox_mAP_l')
 

@@ -58,7 +58,7 @@ model = dict(
 # ---------------------------------------------------------------------------
 # Schedule: Deformable DETR's recipe (AdamW, weight decay 1e-4, sampling
 # offsets and reference points at lr x 0.1, lr x 0.1 at 4/5 of the run: epoch
-# 40 of 50 -> 19 of 24) with the same short-run, from-scratch changes as the
+# 40 of 50 -> 10 of 12) with the same short-run, from-scratch changes as the
 # RT-DETRv2 demo and the DINO comparison: lr 4e-4 (recipe 2e-4), clip 1.0
 # (0.1), a 60-iteration linear warm-up, and the backbone at the full lr
 # (the recipe's lr x 0.1 is for a pretrained backbone).
@@ -70,10 +70,10 @@ optim_wrapper = dict(
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=60),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
-         milestones=[19], gamma=0.1),
+         milestones=[10], gamma=0.1),
 ]
 
 default_hooks = dict(
     logger=dict(interval=10),                       # progress every 10 iterations
-    checkpoint=dict(interval=4, max_keep_ckpts=1))  # with every evaluation
+    checkpoint=dict(interval=3, max_keep_ckpts=1))  # with every evaluation
 randomness = dict(seed=0)

@@ -10,7 +10,8 @@
 #   layers (3): ~4x fewer encoder/decoder FLOPs, the backbone is unchanged;
 # - 100 queries (300) and a denoising budget of 50 (100): at most 8 objects
 #   per image here;
-# - lr 4e-4 (1e-4) and gradient clip 1.0 (0.1): from scratch, 1200 steps;
+# - lr 4e-4 (1e-4) and gradient clip 1.0 (0.1): from scratch, 1200 steps of
+#   4 images (12 epochs of the 400 training images);
 # - warm-up 5% of the run (60 steps) instead of 2000, and an EMA of about
 #   200 steps (momentum 5e-3, official 1e-4 = 10000 steps), warmed up over the
 #   same 60 steps: both scaled to the short run;

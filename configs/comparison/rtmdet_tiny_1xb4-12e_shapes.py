@@ -68,5 +68,5 @@ custom_hooks = [
 
 default_hooks = dict(
     logger=dict(interval=10),                       # progress every 10 iterations
-    checkpoint=dict(interval=4, max_keep_ckpts=1))  # with every evaluation
+    checkpoint=dict(interval=3, max_keep_ckpts=1))  # with every evaluation
 randomness = dict(seed=0)
