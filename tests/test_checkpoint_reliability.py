@@ -19,6 +19,7 @@ load across a change of the number of classes.
 import glob
 import importlib.util
 import os
+import random
 import os.path as osp
 import signal
 import subprocess
@@ -232,7 +233,7 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, data, three_class_ckpt, dam
             blob = f.read()
         blob = blob[:len(blob) // 2]
     else:
-        blob = os.urandom(4096)
+        blob = random.Random(0).randbytes(4096)
     with open(bad, 'wb') as f:
         f.write(blob)
     config = _config(tmp_path, data, extra="default_hooks = dict(visualization=dict("
@@ -292,3 +293,22 @@ def test_resume_with_other_num_classes_is_refused(tmp_path, data, three_class_ck
     runner = RUNNERS.build(cfg)
     with pytest.raises(ValueError, match=r'cannot resume: .*has 3 classes, the model 2'):
         runner.load_or_resume()
+
+
+def test_random_bytes_always_corrupt_error(tmp_path):
+    """Whatever the bytes, the loader answers CorruptCheckpointError (or the
+    refusal of a non-allow-listed global), never an error from inside the
+    unpickler: 200 seeded random blobs, with and without a pickle header."""
+    from rtdetr_mm.engine.checkpoint_safety import (CorruptCheckpointError,
+                                                    UnsafeCheckpointError,
+                                                    safe_load_checkpoint)
+    path = str(tmp_path / 'x.pth')
+    for seed in range(200):
+        rng = random.Random(seed)
+        blob = rng.randbytes(rng.randrange(1, 2048))
+        if seed % 2:
+            blob = b'\x80\x02' + blob  # pickle protocol 2 header
+        with open(path, 'wb') as f:
+            f.write(blob)
+        with pytest.raises((CorruptCheckpointError, UnsafeCheckpointError), match='x.pth'):
+            safe_load_checkpoint(path)

@@ -50,6 +50,7 @@ import inspect
 import os.path as osp
 import pickle
 import re
+import struct
 import zipfile
 from typing import Any, Callable, List, Optional
 
@@ -246,13 +247,20 @@ def safe_load_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
     register_safe_globals()
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
-            ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - classified below, else re-raised
         if _is_weights_only_error(err):
             raise _refusal(path, err) from None
-        if _looks_corrupt(err):
-            raise _corrupt(path, err) from None
+        if _looks_corrupt(err) or isinstance(err, _UNPICKLER_FAILURES):
+            raise _corrupt(path, err) from err
         raise
+
+
+#: What the pickle reader raises on bytes that are not a complete checkpoint
+#: (a non-zip file goes to the legacy reader, where random or damaged opcodes
+#: fail with any of these).
+_UNPICKLER_FAILURES = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, IndexError,
+                       KeyError, TypeError, AttributeError, OverflowError, struct.error,
+                       UnicodeDecodeError)
 
 
 def _load_from_local(filename: str, map_location: Optional[Any] = None):
