@@ -2,7 +2,6 @@
 datasets, and a training run that stops on a bad dataset before the first
 iteration."""
 import importlib.util
-import json
 import os
 import os.path as osp
 import re

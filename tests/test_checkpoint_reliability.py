@@ -27,14 +27,12 @@ import sys
 
 import pytest
 import torch
-from mmdet.registry import METRICS
-from mmengine.evaluator import BaseMetric
 from mmengine.registry import RUNNERS
 
 import rtdetr_mm  # noqa: F401
 from rtdetr_mm.engine.checkpoint_safety import CorruptCheckpointError, safe_load_checkpoint
 from rtdetr_mm.engine.cli import load_config
-from tiny_coco import make_tiny_coco, tiny_config
+from tiny_coco import make_tiny_coco, register_improving_metric, tiny_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.dirname(osp.abspath(__file__))
@@ -66,25 +64,14 @@ if os.environ.get(KILL_ENV):  # imported by a training subprocess (custom_import
     _arm_kill_on_save(os.environ[KILL_ENV])
 
 
-@METRICS.register_module(force=True)
-class _ImprovingMetric(BaseMetric):
-    """bbox_mAP grows with every validation: each one is a new best."""
-    default_prefix = 'coco'
-    calls = 0
-
-    def process(self, data_batch, data_samples):
-        self.results.append(0)
-
-    def compute_metrics(self, results):
-        type(self).calls += 1
-        return dict(bbox_mAP=0.1 * type(self).calls)
+register_improving_metric()  # also in the training subprocesses (custom_imports)
 
 
 EXTRA = '''
 custom_imports = dict(imports=['rtdetr_mm', 'test_checkpoint_reliability'],
                       allow_failed_imports=False)
 randomness = dict(seed=0)
-val_evaluator = dict(_delete_=True, type='_ImprovingMetric')
+val_evaluator = dict(_delete_=True, type='ImprovingMetric')
 test_evaluator = val_evaluator
 train_cfg = dict(max_epochs=2, val_interval=1)
 default_hooks = dict(

@@ -34,12 +34,11 @@ import sys
 
 import pytest
 import torch
-from mmdet.registry import HOOKS, METRICS
-from mmengine.evaluator import BaseMetric
+from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
 from rtdetr_mm.engine.checkpoint_safety import safe_load_checkpoint
-from tiny_coco import make_tiny_coco, tiny_config
+from tiny_coco import make_tiny_coco, register_improving_metric, tiny_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.dirname(osp.abspath(__file__))
@@ -60,19 +59,7 @@ class _KillAtIterHook(Hook):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-@METRICS.register_module(force=True)
-class _CountingMetric(BaseMetric):
-    """bbox_mAP = 0.1 * (number of validations so far in this process), so
-    every validation is a new best (best checkpoints are written)."""
-    default_prefix = 'coco'
-    calls = 0
-
-    def process(self, data_batch, data_samples):
-        self.results.append(0)
-
-    def compute_metrics(self, results):
-        type(self).calls += 1
-        return dict(bbox_mAP=0.1 * type(self).calls)
+register_improving_metric()  # also in the training subprocesses (custom_imports)
 
 
 EXTRA = '''
@@ -81,7 +68,7 @@ randomness = dict(seed=0)
 train_cfg = dict(max_epochs=2, val_interval=0.5)
 model['data_preprocessor'] = dict(batch_augments=[
     dict(type='RTDETRv2BatchResize', scale_ratios=[1.0, 1.5])])
-val_evaluator = dict(_delete_=True, type='_CountingMetric')
+val_evaluator = dict(_delete_=True, type='ImprovingMetric')
 test_evaluator = val_evaluator
 default_hooks = dict(
     logger=dict(interval=1),

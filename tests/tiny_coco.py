@@ -110,3 +110,27 @@ custom_hooks = []
     with open(path, 'w') as f:
         f.write(text)
     return path
+
+
+def register_improving_metric() -> str:
+    """Register (once) and return the name of a metric whose ``coco/bbox_mAP``
+    is 0.1 x (validations so far in this process): every validation is a new
+    best, so best checkpoints are written at each one."""
+    from mmdet.registry import METRICS
+    from mmengine.evaluator import BaseMetric
+
+    if 'ImprovingMetric' not in METRICS.module_dict:
+
+        @METRICS.register_module()
+        class ImprovingMetric(BaseMetric):
+            default_prefix = 'coco'
+            calls = 0
+
+            def process(self, data_batch, data_samples):
+                self.results.append(0)
+
+            def compute_metrics(self, results):
+                type(self).calls += 1
+                return dict(bbox_mAP=0.1 * type(self).calls)
+
+    return 'ImprovingMetric'
