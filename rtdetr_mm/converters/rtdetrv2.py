@@ -20,9 +20,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ..engine.checkpoint_safety import safe_load_checkpoint
+from ..models.dense_heads import CLASS_DEPENDENT_LAYERS
 
-CLASS_DEPENDENT_PREFIXES = ('bbox_head.enc_score_head.', 'bbox_head.dec_score_head.',
-                            'bbox_head.denoising_class_embed.')
 # Buffers the official code stores but our model regenerates for any input size.
 DROPPED_KEYS = ('decoder.anchors', 'decoder.valid_mask', 'model.anchors', 'model.valid_mask')
 
@@ -206,8 +205,7 @@ def check_against_config(arch: Architecture, model_cfg) -> Tuple[List[str], List
     if arch.num_classes != head['num_classes']:
         warns.append(f"checkpoint has {arch.num_classes} classes, config has "
                      f"{head['num_classes']}: these layers will be re-initialised: "
-                     'bbox_head.enc_score_head, bbox_head.dec_score_head.*, '
-                     'bbox_head.denoising_class_embed')
+                     + ', '.join(f'bbox_head.{name}' for name in CLASS_DEPENDENT_LAYERS))
     return errors, warns
 
 

@@ -12,6 +12,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
 
+from ...models.dense_heads import CLASS_DEPENDENT_LAYERS
 from .image_size import apply_image_size
 
 
@@ -119,7 +120,7 @@ def _fsync(path: str) -> None:
 #: parameters whose first dimension is the number of classes (+1 for the
 #: denoising embedding's padding row), relative to the model
 CLASS_DEPENDENT = re.compile(
-    r'^bbox_head\.(enc_score_head|dec_score_head\.\d+|denoising_class_embed)\.(weight|bias)$')
+    rf'^bbox_head\.({"|".join(CLASS_DEPENDENT_LAYERS)})(\.\d+)?\.(weight|bias)$')
 
 
 def _revise(key: str, revise_keys: List[Tuple[str, str]]) -> str:

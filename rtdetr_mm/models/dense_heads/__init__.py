@@ -1,3 +1,3 @@
-from .rtdetrv2_head import RTDETRv2Head, RTDETRv2HeadOutputs
+from .rtdetrv2_head import CLASS_DEPENDENT_LAYERS, RTDETRv2Head, RTDETRv2HeadOutputs
 
-__all__ = ['RTDETRv2Head', 'RTDETRv2HeadOutputs']
+__all__ = ['CLASS_DEPENDENT_LAYERS', 'RTDETRv2Head', 'RTDETRv2HeadOutputs']

@@ -56,6 +56,13 @@ def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int)
     ]))
 
 
+#: Submodules of the head whose first dimension is the number of classes (the
+#: denoising embedding has one more row, the padding class): what loading a
+#: checkpoint trained on other classes re-initialises (RTDETRv2Runner, the
+#: converter's warning).
+CLASS_DEPENDENT_LAYERS = ('enc_score_head', 'dec_score_head', 'denoising_class_embed')
+
+
 @MODELS.register_module()
 class RTDETRv2Head(BaseModule):
     """RT-DETRv2 head (`RT-DETRv2: Improved Baseline with Bag-of-Freebies for
