@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
+from checkout import checkout_env
 from rtdetr_mm.datasets import DEFAULT_CLASSES, make_synthetic_coco
 from test_dataset_validation import _ann, _image, good_coco, write_coco
 
@@ -28,10 +29,6 @@ def _tool():
     return module
 
 
-def _env():
-    env = {k: v for k, v in os.environ.items() if not k.startswith('TORCH_FORCE')}
-    env['OMP_NUM_THREADS'] = '1'
-    return env
 
 
 def write_config(path, ann_file, img_dir, classes=CLASSES, num_classes=None, extra=''):
@@ -69,7 +66,7 @@ def test_bundled_data_passes(tmp_path):
     proc = subprocess.run(
         [sys.executable, TOOL, DEMO, '--cfg-options', f'train_dataloader.dataset.data_root={root}',
          f'val_dataloader.dataset.data_root={root}'],
-        cwd=str(tmp_path), env=_env(), capture_output=True, text=True, timeout=100)
+        cwd=str(tmp_path), env=checkout_env(), capture_output=True, text=True, timeout=100)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr[-3000:]
     assert 'check_dataset: 2 dataset(s), 0 error(s)' in out
@@ -191,7 +188,7 @@ def test_training_stops_before_first_iteration(tmp_path):
     config = write_config(tmp_path / 'cfg.py', ann_file, img_dir)
     proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), config,
                            '--work-dir', str(tmp_path / 'work')],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=180)
+                          cwd=ROOT, env=checkout_env(), capture_output=True, text=True, timeout=180)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-3000:]
     # the last traceback ends in the validator's error (its message has several lines)

@@ -22,8 +22,6 @@ import os
 import random
 import os.path as osp
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -32,10 +30,10 @@ from mmengine.registry import RUNNERS
 import rtdetr_mm  # noqa: F401
 from rtdetr_mm.engine.checkpoint_safety import CorruptCheckpointError, safe_load_checkpoint
 from rtdetr_mm.engine.cli import load_config
+from checkout import checkout_env, popen_python
 from tiny_coco import make_tiny_coco, register_improving_metric, tiny_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TESTS = osp.dirname(osp.abspath(__file__))
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 KILL_ENV = 'RTDETR_TEST_KILL_ON_SAVE'
 
@@ -91,14 +89,10 @@ def _config(tmp_path, data, name='cfg.py', extra=EXTRA):
 
 
 def _start(args, kill_prefix=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith('TORCH_FORCE')}
-    env.update(OMP_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join([TESTS, ROOT, env.get('PYTHONPATH', '')]))
-    env.pop(KILL_ENV, None)
+    env = checkout_env(drop=[KILL_ENV])
     if kill_prefix:
         env[KILL_ENV] = kill_prefix
-    return subprocess.Popen([sys.executable, 'tools/train.py'] + args, cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return popen_python(['tools/train.py'] + args, env=env)
 
 
 def _finish(proc, timeout=200):

@@ -35,9 +35,154 @@ def trained(tmp_path_factory):
     return data_root, work_dir, ckpt
 
 
-def test_no_force_env():
-    forced = [k for k in os.environ if k.startswith('TORCH_FORCE')]
-    assert forced == [], forced
+_IMPORT_EVERYTHING = r"""
+import glob, importlib, json, os, os.path as osp, pkgutil, runpy, sys
+root, config, work, evil = sys.argv[1:5]
+assert not any(k.startswith('TORCH_FORCE') for k in os.environ)
+import rtdetr_mm
+modules = [m.name for m in pkgutil.walk_packages(rtdetr_mm.__path__, 'rtdetr_mm.')]
+for name in modules:
+    importlib.import_module(name)
+tools = sorted(glob.glob(osp.join(root, 'tools', '**', '*.py'), recursive=True))
+namespaces = {osp.relpath(p, root): runpy.run_path(p, run_name='not_main') for p in tools}
+train, test = namespaces['tools/train.py'], namespaces['tools/test.py']
+from mmengine.registry import RUNNERS
+cfg = train['build_cfg'](train['parse_args']([config, '--work-dir', work]))
+RUNNERS.build(cfg)  # the runner type of the config, model and hooks built
+test['build_cfg'](test['parse_args']([config, evil, '--work-dir', work]))
+forced = sorted(k for k in os.environ if k.startswith('TORCH_FORCE'))
+
+import torch
+from mmengine.runner import CheckpointLoader, load_checkpoint
+loads = {
+    'load_checkpoint': lambda: load_checkpoint(torch.nn.Linear(1, 1), evil, map_location='cpu'),
+    'CheckpointLoader': lambda: CheckpointLoader.load_checkpoint(evil, map_location='cpu'),
+    # as mmengine itself calls it elsewhere: no weights_only argument
+    'torch.load': lambda: torch.load(evil, map_location='cpu'),
+}
+refused = {}
+for name, load in loads.items():
+    try:
+        load()
+        refused[name] = None
+    except Exception as err:
+        refused[name] = f'{type(err).__name__}: {err}'
+print(json.dumps(dict(modules=modules, tools=sorted(namespaces), forced=forced,
+                      refused=refused)))
+"""
+
+
+def test_importing_everything_leaves_weights_only_on(tmp_path):
+    """In a fresh process without any TORCH_FORCE* variable: import rtdetr_mm
+    and every submodule, every tools/ script (as a module) and run the
+    tools' config loading and runner building; afterwards no TORCH_FORCE*
+    variable was set and a checkpoint that pickles os.system is still refused
+    by mmengine's loaders and by a plain ``torch.load`` (whose default
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD would turn into unrestricted unpickling);
+    the payload never ran."""
+    import json
+    import subprocess
+    import sys
+
+    from checkout import checkout_env
+    from tiny_coco import make_tiny_coco, tiny_config
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    data = make_tiny_coco(str(tmp_path / 'data'), num_images=2, size=(64, 64))
+    config = tiny_config(
+        str(tmp_path / 'cfg.py'),
+        osp.join(root, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py'), data,
+        size=(64, 64), max_epochs=1, batch_size=2, small_model=True)
+    marker = tmp_path / 'pwned'
+    evil = str(tmp_path / 'evil.pth')
+    torch.save({'state_dict': {}, 'x': _RunsCommand(marker)}, evil)
+    proc = subprocess.run(
+        [sys.executable, '-c', _IMPORT_EVERYTHING, root, config, str(tmp_path / 'work'), evil],
+        cwd=root, env=checkout_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    # it did reach everything
+    assert {'rtdetr_mm.engine.checkpoint_safety', 'rtdetr_mm.engine.hooks.nonfinite_hook',
+            'rtdetr_mm.models.dense_heads.rtdetrv2_head'} <= set(report['modules'])
+    assert {'tools/train.py', 'tools/test.py',
+            'tools/model_converters/rtdetrv2_to_mmdet.py'} <= set(report['tools'])
+    assert report['forced'] == []
+    for name, error in report['refused'].items():
+        assert error is not None, f'{name} loaded a pickled os.system'
+    for name in ('load_checkpoint', 'CheckpointLoader'):
+        assert 'refusing to unpickle' in report['refused'][name], report['refused'][name]
+        assert evil in report['refused'][name]
+    assert 'UnpicklingError' in report['refused']['torch.load']
+    assert not marker.exists()
+
+
+def _torch_force_settings(tree):
+    """Nodes of ``tree`` that set a TORCH_FORCE* variable: ``env[NAME] = ...``
+    (``del`` too), a dict key NAME, ``NAME=`` as a keyword, or NAME as the
+    first argument of ``setdefault`` / ``putenv`` / ``__setitem__``. Reading
+    or filtering out such names (``k.startswith('TORCH_FORCE')``) is fine."""
+    import ast
+
+    def forced(node):
+        return isinstance(node, ast.Constant) and isinstance(node.value, str) \
+            and 'TORCH_FORCE' in node.value
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, (ast.Store, ast.Del)) \
+                and forced(node.slice):
+            yield node
+        elif isinstance(node, ast.Dict) and any(forced(key) for key in node.keys):
+            yield node
+        elif isinstance(node, ast.Call):
+            if any(k.arg and k.arg.startswith('TORCH_FORCE') for k in node.keywords):
+                yield node
+            elif isinstance(node.func, (ast.Attribute, ast.Name)) and node.args \
+                    and getattr(node.func, 'attr', getattr(node.func, 'id', None)) in (
+                        'setdefault', 'putenv', '__setitem__') and forced(node.args[0]):
+                yield node
+
+
+def test_source_never_disables_weights_only():
+    """Static scan of rtdetr_mm/ and tools/ (and the Makefile and CI
+    script): no ``weights_only=`` other than a literal True, no code that
+    sets a TORCH_FORCE* variable, no shell line that sets one."""
+    import ast
+    import glob
+    import re
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    python_files = sorted(
+        glob.glob(osp.join(root, 'rtdetr_mm', '**', '*.py'), recursive=True)
+        + glob.glob(osp.join(root, 'tools', '**', '*.py'), recursive=True))
+    assert len(python_files) > 30
+    found = []
+    for path in python_files:
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        where = osp.relpath(path, root)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg == 'weights_only' and not (
+                    isinstance(node.value, ast.Constant) and node.value.value is True):
+                found.append(f'{where}:{node.value.lineno}: weights_only={ast.unparse(node.value)}')
+        for node in _torch_force_settings(tree):
+            found.append(f'{where}:{node.lineno}: {ast.unparse(node)}')
+    other_files = [p for p in glob.glob(osp.join(root, 'tools', '**', '*'), recursive=True)
+                   if osp.isfile(p) and not p.endswith(('.py', '.pyc'))]
+    other_files += [osp.join(root, 'Makefile'), osp.join(root, '.ci', 'run')]
+    for path in other_files:
+        with open(path, errors='replace') as f:
+            for lineno, line in enumerate(f, 1):
+                if re.search(r'TORCH_FORCE\w*=', line.split('#')[0]):
+                    found.append(f'{osp.relpath(path, root)}:{lineno}: {line.strip()}')
+    assert found == [], found
+
+    # the scan sees what it looks for
+    samples = ["os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] = '1'",
+               "os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')",
+               "subprocess.run(cmd, env={'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD': '1'})",
+               "env.update(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')"]
+    assert all(list(_torch_force_settings(ast.parse(code))) for code in samples)
+    assert not list(_torch_force_settings(ast.parse(
+        "env = {k: v for k, v in os.environ.items() if not k.startswith('TORCH_FORCE')}")))
 
 
 def test_runner_checkpoint_loads_weights_only(trained):
@@ -197,8 +342,7 @@ def test_pickled_callable_refused_by_every_entry_point(tmp_path):
     converter, each in its own process with no TORCH_FORCE* variable: exit
     code != 0, the message names the file and the global, the payload never
     ran. The four processes run side by side, each with a hard timeout."""
-    import subprocess
-    import sys
+    from checkout import popen_python
     from tiny_coco import make_tiny_coco, tiny_config
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
     data = make_tiny_coco(str(tmp_path / 'data'), num_images=2, size=(64, 64))
@@ -220,13 +364,7 @@ def test_pickled_callable_refused_by_every_entry_point(tmp_path):
         'converter': ['tools/model_converters/rtdetrv2_to_mmdet.py', evil,
                       str(tmp_path / 'converted.pth')],
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith('TORCH_FORCE')}
-    env['OMP_NUM_THREADS'] = '1'
-    env['PYTHONPATH'] = os.pathsep.join([root, env.get('PYTHONPATH', '')])
-    procs = {name: subprocess.Popen([sys.executable] + args, cwd=root, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True)
-             for name, args in commands.items()}
+    procs = {name: popen_python(args) for name, args in commands.items()}
     outputs = {}
     try:
         for name, proc in procs.items():

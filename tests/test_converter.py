@@ -1,12 +1,11 @@
 """Converter behaviour beyond parity: architecture checks, class-count
 warnings, backbone checkpoints and refusing unknown input."""
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from checkout import run_python
 from hf_reference import build_hf_model
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -16,8 +15,7 @@ R34 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r34vd_4xb4-120e_coco.py')
 
 
 def _tool(*args):
-    return subprocess.run([sys.executable, TOOL, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return run_python([TOOL, *args], timeout=300, check=False)
 
 
 @pytest.fixture(scope='module')

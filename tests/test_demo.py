@@ -1,7 +1,6 @@
 """The README's main job (`make demo` = tools/demo.py) end to end, shortened:
 a few tiny generated images, one epoch, no dataloader workers."""
 import json
-import os
 import os.path as osp
 import re
 import subprocess
@@ -9,6 +8,8 @@ import sys
 
 import cv2
 import pytest
+
+from checkout import checkout_env
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -23,8 +24,8 @@ def test_demo_end_to_end_shortened(tmp_path):
     cmd = [sys.executable, 'tools/demo.py', '--work-dir', str(work), '--data-root',
            str(data_root), '--num-train', '8', '--num-val', '4', '--epochs', '1',
            '--score-thr', '0.0', '--cfg-options'] + options
-    env = dict(os.environ, OMP_NUM_THREADS='2')
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=360)
+    proc = subprocess.run(cmd, cwd=ROOT, env=checkout_env(threads=2), capture_output=True,
+                          text=True, timeout=360)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
 

@@ -31,6 +31,7 @@ from mmengine.config import Config
 from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
 
+from checkout import checkout_env
 from rtdetr_mm.engine.dist import setup_cpu_distributed
 from tiny_coco import make_tiny_coco, tiny_config
 
@@ -185,10 +186,8 @@ def _run_script(args, env, timeout=TIMEOUT_S):
 
 
 def _env(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith('TORCH_FORCE')}
-    env.update(OMP_NUM_THREADS='1', PORT=str(_free_port()), CUDA_VISIBLE_DEVICES='',
-               PYTHONPATH=str(tmp_path))
-    return env
+    return checkout_env(extra_paths=[str(tmp_path)], PORT=str(_free_port()),
+                        CUDA_VISIBLE_DEVICES='')
 
 
 def _write_config(tmp_path, data, probe_dir):

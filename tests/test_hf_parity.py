@@ -7,7 +7,9 @@ import sys
 import cv2
 import pytest
 import torch
+from mmengine.config import Config
 
+from checkout import checkout_env
 from hf_reference import (SIZES, build_hf_model, compare_detections, hf_detections,
                           make_image, topk_gap)
 
@@ -50,7 +52,8 @@ def _our_detections(config, checkpoint, img_path, cfg_options=None):
 def _convert(src, dst, config):
     cmd = [sys.executable, osp.join(ROOT, 'tools/model_converters/rtdetrv2_to_mmdet.py'),
            src, dst, '--config', config]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=checkout_env(), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -107,6 +110,34 @@ def test_discrete_sampling_parity(image_640, tmp_path):
                               cfg_options={'model.bbox_head.cross_attn_method': 'discrete'})
     d_score, d_box, matched = compare_detections(ours, ref, margin=5e-3)
     assert matched > 100 and d_box < 2.0, (d_score, d_box, matched)
+
+
+def test_discrete_sampling_parity_non_square(tmp_path):
+    """Discrete sampling on a 480 x 640 (h x w) input, so every feature map
+    (60x80, 30x40, 15x20) has W != H: catches clamping x to H - 1 (the
+    official code), which square inputs cannot. Scores and boxes are checked
+    at the tolerances of the default-sampling test (5e-4, 0.05 px). Measured:
+    max score diff 1.2e-07, max box diff 0.0001 px, 199 matched; with x
+    clamped to H - 1 the kept sets differ (0 matched)."""
+    rgb = make_image(480, 640, seed=1)
+    img_path = str(tmp_path / 'img_480x640.png')
+    cv2.imwrite(img_path, rgb[:, :, ::-1])
+    _, ref, hf_dir = _hf_reference('r18vd', rgb, tmp_path, decoder_method='discrete')
+    config = osp.join(ROOT, SIZES['r18vd'][2])
+    ckpt = str(tmp_path / 'converted.pth')
+    _convert(hf_dir, ckpt, config)
+    # The config resizes to a 640 x 640 square; keep the 480 x 640 input
+    # (mmcv's Resize scale is (w, h)).
+    test_pipeline = Config.fromfile(config).test_dataloader.dataset.pipeline
+    resize = [i for i, t in enumerate(test_pipeline) if t['type'] == 'Resize']
+    assert len(resize) == 1, test_pipeline
+    ours, _ = _our_detections(config, ckpt, img_path, cfg_options={
+        'model.bbox_head.cross_attn_method': 'discrete',
+        f'test_dataloader.dataset.pipeline.{resize[0]}.scale': (640, 480)})
+    d_score, d_box, matched = compare_detections(ours, ref, margin=5e-3)
+    print(f"discrete 480x640: max score diff {d_score:.2e}, max box diff {d_box:.4f} px, "
+          f"{matched} matched")
+    assert matched > 100 and d_score < SCORE_TOL and d_box < BOX_TOL, (d_score, d_box, matched)
 
 
 def test_wrong_mapping_is_detected(image_640, tmp_path):

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from checkout import checkout_env
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py'
 # The README shows these two lines (README.md, "Inference"); the test runs
@@ -83,7 +85,7 @@ def test_readme_one_liner_matches_test_step(tmp_path):
     convert = subprocess.run(
         [sys.executable, osp.join(ROOT, 'tools/model_converters/rtdetrv2_to_mmdet.py'),
          official, weights, '--config', osp.join(ROOT, CONFIG)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        cwd=ROOT, env=checkout_env(), capture_output=True, text=True, timeout=120)
     assert convert.returncode == 0, convert.stdout + convert.stderr
 
     image = str(tmp_path / 'demo.jpg')
@@ -93,7 +95,7 @@ def test_readme_one_liner_matches_test_step(tmp_path):
             .replace(repr(README_IMAGE), repr(image)).replace(repr(README_OUT), repr(out_dir)))
     assert line.count(str(tmp_path)) == 3, line
     run = subprocess.run([sys.executable, '-c', f'{README_IMPORT}; {line}'], cwd=ROOT,
-                         capture_output=True, text=True, timeout=240)
+                         env=checkout_env(), capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     with open(osp.join(out_dir, 'preds', 'demo.json')) as f:
         preds = json.load(f)

@@ -15,6 +15,8 @@ import onnxruntime  # noqa: F401
 import pytest
 import torch
 
+from checkout import checkout_env
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 # CPU-sized model: the r18 backbone with a 128-channel encoder / decoder, 2
@@ -279,7 +281,8 @@ def test_cli_end_to_end(grid_model, tmp_path):
     cmd = [sys.executable, osp.join(ROOT, 'tools/deployment/export_onnx.py'), cfg_file, ckpt,
            '--out', out, '--opset', '18', '--image-size', str(INPUT_SIZE[0]),
            str(INPUT_SIZE[1]), '--dynamic-batch']
-    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=str(tmp_path), env=checkout_env(), capture_output=True,
+                          text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     found = re.findall(r'batch (\d+): max score diff (\S+) .*max box diff (\S+) px', proc.stdout)
     assert [int(b) for b, _, _ in found] == [1, 2], proc.stdout

@@ -29,8 +29,6 @@ not bit-identical and not tested here.
 import os
 import os.path as osp
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -38,10 +36,10 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
 from rtdetr_mm.engine.checkpoint_safety import safe_load_checkpoint
+from checkout import checkout_env, popen_python
 from tiny_coco import make_tiny_coco, register_improving_metric, tiny_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TESTS = osp.dirname(osp.abspath(__file__))
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 KILL_ENV = 'RTDETR_TEST_KILL_AT_ITER'
 
@@ -84,14 +82,10 @@ custom_hooks = [
 
 
 def _start(args, kill_at=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith('TORCH_FORCE')}
-    env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join([TESTS, ROOT, env.get('PYTHONPATH', '')]))
-    env.pop(KILL_ENV, None)
+    env = checkout_env(drop=[KILL_ENV])
     if kill_at is not None:
         env[KILL_ENV] = str(kill_at)
-    return subprocess.Popen([sys.executable, 'tools/train.py'] + args, cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return popen_python(['tools/train.py'] + args, env=env)
 
 
 def _finish(proc, expect_kill=False, timeout=240):

@@ -2,11 +2,9 @@
 tools/test.py on a tiny COCO dataset, with torch.load's weights_only=True."""
 import glob
 import json
-import os
 import os.path as osp
-import subprocess
-import sys
 
+from checkout import checkout_env, run_python
 from tiny_coco import make_tiny_coco, tiny_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -14,11 +12,7 @@ R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 
 
 def _run(args, timeout=600):
-    env = {k: v for k, v in os.environ.items() if not k.startswith('TORCH_FORCE')}
-    env['OMP_NUM_THREADS'] = env.get('OMP_NUM_THREADS', '2')
-    proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    proc = run_python(args, timeout=timeout, env=checkout_env(threads=2))
     return proc.stdout + proc.stderr
 
 

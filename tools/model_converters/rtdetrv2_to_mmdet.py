@@ -13,11 +13,15 @@ Examples:
       checkpoints/rtdetrv2_r18vd_coco.pth --config configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py
 """
 import argparse
+import os.path as osp
 import sys
 import warnings
 
-import rtdetr_mm  # noqa: F401  (registers modules, checkpoint allow-list)
-from rtdetr_mm.converters.rtdetrv2 import ConversionError, convert
+# run from a checkout without installing: the repo root goes first on the path
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+import rtdetr_mm  # noqa: F401,E402  (registers modules, checkpoint allow-list)
+from rtdetr_mm.converters.rtdetrv2 import ConversionError, convert  # noqa: E402
 
 
 def parse_args(argv=None):
