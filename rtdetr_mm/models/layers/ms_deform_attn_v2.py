@@ -27,9 +27,12 @@ def ms_deform_attn_v2_core(value: torch.Tensor,
             all levels' points, shape (B, num_queries, num_heads, sum(P_l)).
         num_points_list (Sequence[int]): P_l, sampling points per level.
         method (str): ``'default'`` uses bilinear ``F.grid_sample``
-            (zeros padding, align_corners=False). ``'discrete'`` rounds each
-            location to the nearest pixel centre and gathers it by indexing
-            (no GridSample op, for older TensorRT).
+            (zeros padding, align_corners=False). ``'discrete'`` reads pixel
+            ``int(loc * size + 0.5)`` per axis (as the official code and
+            transformers: ``loc * size`` rounded half up, which is half a
+            pixel off the bilinear convention's pixel centres), clamped to
+            the map, and gathers it by indexing (no GridSample op, for
+            older TensorRT).
 
     Returns:
         Tensor: Shape (B, num_queries, num_heads * head_dim).
