@@ -2,7 +2,8 @@
 in what the runner builds or runs.
 
 Seed knob -> key (see README "Fine-tuning knobs"):
-TRAIN_BATCH train_dataloader.batch_size, VAL_BATCH val_dataloader.batch_size,
+TRAIN_BATCH train_dataloader.batch_size, VAL_BATCH val_dataloader.batch_size and
+test_dataloader.batch_size,
 GRAD_ACCUM optim_wrapper.accumulative_counts, EPOCHS train_cfg.max_epochs,
 LEARNING_RATE optim_wrapper.optimizer.lr, WEIGHT_DECAY
 optim_wrapper.optimizer.weight_decay, WARMUP_RATIO param_scheduler.0.warmup_ratio,
@@ -20,9 +21,11 @@ import os.path as osp
 import pytest
 import torch
 from mmdet.registry import HOOKS, METRICS
+from mmdet.structures.bbox import get_box_tensor
 from mmengine.config import Config
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 
 import rtdetr_mm  # noqa: F401
@@ -62,19 +65,55 @@ def _build_training_parts(runner):
 @HOOKS.register_module(force=True)
 class _RecordHook(Hook):
     """Records, per iteration, the input shape, a weight and the EMA weight,
-    the batch-resize / pipeline state, and the iterations of validations."""
+    the batch-resize / pipeline state, and the iterations of validations.
+
+    What the model itself receives is recorded with torch hooks on the data
+    preprocessor (``register_forward_pre_hook`` / ``register_forward_hook``):
+    the GT boxes of the pipeline going in, the batch shape and GT boxes
+    coming out (after batch augments such as ``RTDETRv2BatchResize``)."""
     priority = 'LOWEST'
     records = []
 
     def before_train(self, runner):
         type(self).records = []
+        self._preprocessed = []
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+        def before_preprocess(module, args, kwargs):
+            data = args[0] if args else kwargs['data']
+            training = args[1] if len(args) > 1 else kwargs.get('training', False)
+            if training:
+                self._preprocessed.append(dict(
+                    pipeline_shape=tuple(data['inputs'][0].shape),
+                    pipeline_boxes=[get_box_tensor(ds.gt_instances.bboxes).clone()
+                                    for ds in data['data_samples']]))
+
+        def after_preprocess(module, args, kwargs, output):
+            training = args[1] if len(args) > 1 else kwargs.get('training', False)
+            if training:
+                self._preprocessed[-1].update(
+                    model_input_shape=tuple(output['inputs'].shape),
+                    model_boxes=[get_box_tensor(ds.gt_instances.bboxes).clone()
+                                 for ds in output['data_samples']])
+
+        self._handles = [
+            model.data_preprocessor.register_forward_pre_hook(before_preprocess,
+                                                              with_kwargs=True),
+            model.data_preprocessor.register_forward_hook(after_preprocess, with_kwargs=True)]
+
+    def after_train(self, runner):
+        for handle in self._handles:
+            handle.remove()
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         model = runner.model
         ema = next((h for h in runner.hooks if type(h).__name__ == 'RTDETRv2EMAHook'), None)
         weight = model.bbox_head.enc_score_head.weight
         pipeline = runner.train_dataloader.dataset.pipeline
+        preprocessed = self._preprocessed.pop() if self._preprocessed else {}
+        assert not self._preprocessed  # one preprocessor call per iteration
         self.records.append(dict(
+            preprocessed,
             kind='train', iter=runner.iter, epoch=runner.epoch,
             input_shape=tuple(data_batch['inputs'][0].shape),
             weight=weight.detach().clone(),
@@ -92,11 +131,19 @@ class _RecordHook(Hook):
 
 # ----------------------------------------------------------- batch sizes
 def test_train_and_val_batch_sizes(tmp_path, data):
+    """TRAIN_BATCH and VAL_BATCH (both keys the README names for it:
+    val_dataloader and test_dataloader), each set to its own value and read
+    back from the dataloaders the runner builds."""
     runner = _runner(tmp_path, data, {'train_dataloader.batch_size': 3,
-                                      'val_dataloader.batch_size': 5})
+                                      'val_dataloader.batch_size': 5,
+                                      'test_dataloader.batch_size': 7})
     assert runner.train_dataloader.batch_size == 3
     assert runner.val_dataloader.batch_size == 5
+    assert runner.test_dataloader.batch_size == 7
     assert len(runner.train_dataloader) == math.ceil(8 / 3)
+    assert len(runner.val_dataloader) == math.ceil(8 / 5)
+    assert len(runner.test_dataloader) == math.ceil(8 / 7)
+    assert [len(batch['inputs']) for batch in runner.test_dataloader] == [7, 1]
 
 
 # ----------------------------------------------- lr, weight decay, groups
@@ -243,9 +290,20 @@ custom_hooks = [
     assert by_epoch[2]['resize_on'] == [False]
     assert 'RandomFlip' in by_epoch[1]['transforms']
     assert 'RandomFlip' not in by_epoch[2]['transforms']
-    # multi-scale actually resized: inputs of 64 or 96 before the switch, 64 after
-    assert {r['input_shape'][-1] for r in rec if r['epoch'] < 2} <= {64, 96}
-    assert {r['input_shape'][-1] for r in rec if r['epoch'] == 2} == {64}
+    # multi-scale actually resized what the model receives (after the data
+    # preprocessor): both 64 and 96 before the switch (one size drawn per
+    # batch with the runner-seeded Python `random`), only 64 after
+    assert all(r['input_shape'][-2:] == (64, 64) for r in rec)  # the pipeline's size
+    assert {r['model_input_shape'][-2:] for r in rec if r['epoch'] < 2} == {(64, 64), (96, 96)}
+    assert {r['model_input_shape'][-2:] for r in rec if r['epoch'] == 2} == {(64, 64)}
+    # ... and the GT boxes were scaled with the image
+    for r in rec:
+        (in_h, in_w), (out_h, out_w) = r['pipeline_shape'][-2:], r['model_input_shape'][-2:]
+        scale = torch.tensor([out_w / in_w, out_h / in_h] * 2)
+        assert len(r['model_boxes']) == len(r['pipeline_boxes']) == 4
+        for before, after in zip(r['pipeline_boxes'], r['model_boxes']):
+            assert len(before) > 0
+            torch.testing.assert_close(after, before * scale, rtol=1e-6, atol=1e-4)
 
 
 # ------------------------------------------------------------- image size
@@ -256,10 +314,12 @@ def test_image_size_reaches_the_model_from_child_config_and_cfg_options(tmp_path
     runner.train()
     shapes = {r['input_shape'] for r in _RecordHook.records if r['kind'] == 'train'}
     assert shapes == {(3, 96, 128)}  # (C, H, W) of what the data pipeline delivers
-    # the child-config value (64, 64) was replaced everywhere, val included
-    assert runner.cfg.val_dataloader.dataset.pipeline[1].scale == (128, 96)
-    sample = runner.val_dataloader.dataset[0]
-    assert tuple(sample['inputs'].shape[-2:]) == (96, 128)
+    # the child-config value (64, 64) was replaced everywhere, val and test included
+    for loader in ('val_dataloader', 'test_dataloader'):
+        assert runner.cfg[loader].dataset.pipeline[1].scale == (128, 96), loader
+    for loader in (runner.val_dataloader, runner.test_dataloader):
+        sample = loader.dataset[0]
+        assert tuple(sample['inputs'].shape[-2:]) == (96, 128)
 
 
 def test_image_size_255_is_refused_with_the_key(tmp_path, data):

@@ -97,6 +97,9 @@ def test_nan_loss_stops_before_the_step(tmp_path, data):
     assert 'non-finite loss at iteration 6 (epoch 2, batch 2)' in message, message
     assert 'rank 0: dn_loss_bbox=nan' in message, message
     assert 'loss=nan' in message  # the sum is named too
+    # the same as data: exactly the poisoned term and the sum, on rank 0
+    assert info.value.iteration == 6
+    assert info.value.terms == {0: ['dn_loss_bbox', 'loss']}
     # the weights never saw the NaN: 5 recorded iterations, all finite
     records = _WeightRecordHook.records
     assert len(records) == 1 + 5
@@ -108,6 +111,39 @@ def test_nan_loss_stops_before_the_step(tmp_path, data):
         ['epoch_1.pth']
     ckpt = safe_load_checkpoint(osp.join(work, 'epoch_1.pth'))
     assert _all_finite(ckpt['state_dict']) and _all_finite(ckpt['ema_state_dict'])
+
+
+def test_nonfinite_error_names_every_poisoned_term(tmp_path, data):
+    """Two terms poisoned at iteration 2 (+inf in ``loss_iou``, NaN in
+    ``enc_loss_cls``): the error names exactly these two and their sum, none
+    of the finite terms (final, encoder and denoising ones); a check of the
+    total alone could only name ``loss``."""
+    torch.manual_seed(0)
+    runner = _runner(tmp_path, data, dict(action='raise'), max_epochs=1)
+    loss = runner.model.loss
+    seen = {}
+
+    def loss_with_inf_and_nan(*args, **kwargs):
+        losses = loss(*args, **kwargs)
+        if runner.iter + 1 == 2:
+            losses['loss_iou'] = losses['loss_iou'] + float('inf')
+            losses['enc_loss_cls'] = losses['enc_loss_cls'] * float('nan')
+            seen['finite'] = sorted(k for k, v in losses.items()
+                                    if 'loss' in k and bool(torch.isfinite(v).all()))
+        return losses
+
+    runner.model.loss = loss_with_inf_and_nan
+    with pytest.raises(NonFiniteLossError) as info:
+        runner.train()
+    error = info.value
+    assert error.iteration == 2
+    assert set(error.terms) == {0}
+    assert sorted(error.terms[0][:-1]) == ['enc_loss_cls', 'loss_iou']
+    assert error.terms[0][-1] == 'loss'  # the sum, last
+    assert len(seen['finite']) >= 5 and not set(seen['finite']) & set(error.terms[0])
+    message = str(error)
+    assert 'loss_iou=inf' in message and 'enc_loss_cls=nan' in message, message
+    assert len(_WeightRecordHook.records) == 1 + 1  # stopped before iteration 2's step
 
 
 def test_skip_mode_skips_the_step_and_trains_on(tmp_path, data):
@@ -144,8 +180,11 @@ def test_skip_mode_stops_after_max_skips(tmp_path, data):
         return losses
 
     runner.model.loss = always_nan
-    with pytest.raises(NonFiniteLossError, match=r'iteration 2 .*loss_iou=(inf|nan).*max_skips=1'):
+    with pytest.raises(NonFiniteLossError,
+                       match=r'iteration 2 .*loss_iou=(inf|nan).*max_skips=1') as info:
         runner.train()
+    assert info.value.iteration == 2
+    assert info.value.terms == {0: ['loss_iou', 'loss']}
 
 
 # ------------------------------------------------------------ two ranks

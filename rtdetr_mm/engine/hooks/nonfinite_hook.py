@@ -13,7 +13,26 @@ ACTIONS = ('raise', 'skip')
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss term is NaN or infinite (raised before the optimizer step)."""
+    """A loss term is NaN or infinite (raised before the optimizer step).
+
+    Args:
+        message (str): The error message.
+        terms (dict[int, list[str]], optional): ``{rank: names}`` of the
+            non-finite loss terms of every rank that saw one (the same on
+            every rank), in the order of the message: the terms first, their
+            sum ``'loss'`` last. Defaults to ``{}``.
+        iteration (int, optional): The 1-based iteration (as the log).
+
+    Attributes:
+        terms (dict[int, list[str]]): As the argument.
+        iteration (int | None): As the argument.
+    """
+
+    def __init__(self, message: str, terms: Optional[Dict[int, List[str]]] = None,
+                 iteration: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.terms: Dict[int, List[str]] = dict(terms or {})
+        self.iteration = iteration
 
 
 class NonFiniteWeightsError(RuntimeError):
@@ -32,6 +51,13 @@ def nonfinite_terms(log_vars: Dict[str, torch.Tensor]) -> List[str]:
         if not bool(torch.isfinite(value).all()):
             bad.append(f'{name}={value.float().mean().item()}')
     return sorted(bad, key=lambda term: term.startswith('loss='))
+
+
+def _term_name(term: str) -> str:
+    """``'name=value'`` -> ``'name'``; the hook's own check of the summed loss
+    (``'loss (sum of the terms)=value'``) -> ``'loss'``."""
+    name = term.split('=', 1)[0]
+    return 'loss' if name.startswith('loss (') else name
 
 
 def agree_nonfinite(local_terms: List[str],
@@ -82,7 +108,8 @@ class RTDETRv2NonFiniteLossHook(Hook):
     Args:
         action (str): ``'raise'``: stop the run with
             :class:`NonFiniteLossError` naming the iteration (1-based, as the
-            log), the epoch, the rank(s) and the loss term(s). ``'skip'``: log
+            log), the epoch, the rank(s) and the loss term(s), in its message
+            and in its ``iteration`` and ``terms`` attributes. ``'skip'``: log
             a warning, skip this iteration's backward and optimizer step and
             drop the gradients accumulated so far (with
             ``accumulative_counts > 1`` the rest of the window still steps);
@@ -156,16 +183,20 @@ class RTDETRv2NonFiniteLossHook(Hook):
             self._in_a_row = 0
             return True
         found = '; '.join(f'rank {rank}: {", ".join(t)}' for rank, t in sorted(per_rank.items()))
+        names = {rank: [_term_name(t) for t in rank_terms]
+                 for rank, rank_terms in sorted(per_rank.items())}
         message = f'non-finite loss at {self._where or "an iteration"}: {found}'
         self._in_a_row += 1
         if self.action == 'raise':
             raise NonFiniteLossError(
                 f'{message}. Training stopped before the optimizer step, so the weights, '
                 'the EMA and every checkpoint written so far are finite. To skip such '
-                "steps instead, use RTDETRv2NonFiniteLossHook(action='skip').")
+                "steps instead, use RTDETRv2NonFiniteLossHook(action='skip').",
+                terms=names, iteration=self._iter or None)
         if self.max_skips is not None and self._in_a_row > self.max_skips:
             raise NonFiniteLossError(f'{message}. {self._in_a_row} iterations in a row had a '
-                                     f'non-finite loss (max_skips={self.max_skips}): stopping.')
+                                     f'non-finite loss (max_skips={self.max_skips}): stopping.',
+                                     terms=names, iteration=self._iter or None)
         self.skipped.append(self._iter)
         print_log(f'{message}. Skipping this backward and optimizer step '
                   f'({len(self.skipped)} skipped so far).', logger='current', level=30)
