@@ -13,6 +13,7 @@ step (and different from the step before), normaliser = max(1, mean over
 ranks of the GT count) on both ranks, one thread per rank, gloo, the CPU DDP
 wrapper, and the r18 config's ``sync_bn`` ignored (no SyncBatchNorm).
 """
+import gc
 import json
 import math
 import os
@@ -400,6 +401,11 @@ def test_setup_cpu_distributed_without_cuda(monkeypatch):
         assert other.model_wrapper_cfg == dict(type='CPUDistributedDataParallel',
                                                find_unused_parameters=True)
     finally:
+        # The DDP reducer holds the process group: free it first. Freed after
+        # destroy_process_group (when the test returned), gloo's destructor
+        # deadlocked in a shuffled run of the suite.
+        wrapped = out = None
+        gc.collect()
         if torch_dist.is_initialized():
             torch_dist.destroy_process_group()
         torch.set_num_threads(threads)
