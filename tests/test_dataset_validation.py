@@ -232,8 +232,9 @@ def test_config_facts_through_wrappers(tmp_path):
     assert facts[0].input_size == InputSize(h=32, w=64, keep_ratio=False)
     assert facts[0].ann_file == ann_file and facts[0].classes == CLASSES
     facts = config_dataset_facts(_config(ann_file, img_dir, wrap='concat'), ['train'])
-    assert [f.key for f in facts] == ['train_dataloader.dataset.datasets[0]',
-                                      'train_dataloader.dataset.datasets[1]']
+    # keys as --cfg-options spells them
+    assert [f.key for f in facts] == ['train_dataloader.dataset.datasets.0',
+                                      'train_dataloader.dataset.datasets.1']
     assert facts[1].ann_file == 'x.json'
 
 

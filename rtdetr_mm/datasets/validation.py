@@ -37,6 +37,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .walk import first_resize_scale, leaf_datasets
+
 #: Top-level keys a COCO detection json must have.
 REQUIRED_KEYS = ('images', 'annotations', 'categories')
 #: Keys every ``images`` entry must have.
@@ -778,10 +780,6 @@ def validate_coco(ann_file: str, classes: Any, img_dir: Optional[str] = None,
 # --------------------------------------------------------------------------
 # Config facts (shared by the runner-level check and check_dataset.py)
 # --------------------------------------------------------------------------
-#: Dataset wrappers of mmengine / mmdet and the key(s) holding their datasets.
-WRAPPER_KEYS = ('dataset', 'datasets')
-
-
 @dataclass
 class DatasetFacts:
     """One COCO dataset of a config, with paths resolved as mmengine does.
@@ -820,27 +818,11 @@ def _get(obj, key, default=None):
         return default
 
 
-def pipeline_input_size(pipeline: Any) -> Optional[InputSize]:
-    """The ``(h, w)`` of the first ``Resize`` with a ``scale`` in
-    ``pipeline`` (nested ``transforms`` of RandomApply / RandomChoice are
-    searched too). mmdet's ``scale`` is ``(w, h)``; an int is a square."""
-    for t in pipeline or []:
-        if not hasattr(t, 'get'):
-            continue
-        t_type = str(t.get('type', '')).split('.')[-1]
-        if t_type == 'Resize' and t.get('scale') is not None:
-            scale = t['scale']
-            w, h = (scale, scale) if isinstance(scale, (int, float)) else scale
-            return InputSize(h=int(h), w=int(w), keep_ratio=bool(t.get('keep_ratio', False)))
-        inner = t.get('transforms')
-        if inner:
-            flat = []
-            for item in inner:  # RandomChoice holds lists of lists
-                flat.extend(item if isinstance(item, (list, tuple)) else [item])
-            found = pipeline_input_size(flat)
-            if found is not None:
-                return found
-    return None
+def pipelines_input_size(pipelines: Sequence[Any]) -> Optional[InputSize]:
+    """The size set by the first ``Resize`` with a ``scale`` of the innermost
+    of ``pipelines`` that has one (see :func:`~rtdetr_mm.datasets.walk.first_resize_scale`)."""
+    found = first_resize_scale(pipelines)
+    return None if found is None else InputSize(h=found[0], w=found[1], keep_ratio=found[2])
 
 
 def _resolve_classes(ds_cfg, dataset_cls) -> Any:
@@ -860,23 +842,6 @@ def _join(root: str, path: Optional[str]) -> Optional[str]:
     if not root or osp.isabs(path) or '://' in path:
         return path
     return osp.join(root, path)
-
-
-def _leaf_datasets(ds_cfg, key: str, pipelines: List[Any]):
-    """Yield (leaf dataset cfg, key, pipelines from outer to inner)."""
-    if ds_cfg is None:
-        return
-    if isinstance(ds_cfg, (list, tuple)):
-        for i, d in enumerate(ds_cfg):
-            yield from _leaf_datasets(d, f'{key}[{i}]', pipelines)
-        return
-    inner = [(k, _get(ds_cfg, k)) for k in WRAPPER_KEYS if _get(ds_cfg, k) is not None]
-    own = [_get(ds_cfg, 'pipeline')] if _get(ds_cfg, 'pipeline') else []
-    if inner:
-        for k, sub in inner:
-            yield from _leaf_datasets(sub, f'{key}.{k}', pipelines + own)
-    else:
-        yield ds_cfg, key, pipelines + own
 
 
 def config_model_facts(cfg) -> ModelFacts:
@@ -914,8 +879,8 @@ def config_dataset_facts(cfg, splits: Sequence[str] = ('train', 'val', 'test')
         if loader is None:
             continue
         seen = set()
-        for ds_cfg, key, pipelines in _leaf_datasets(_get(loader, 'dataset'),
-                                                     f'{split}_dataloader.dataset', []):
+        for node in leaf_datasets(_get(loader, 'dataset'), f'{split}_dataloader.dataset'):
+            ds_cfg, key = node.dataset, node.key
             ds_type = _get(ds_cfg, 'type')
             ds_cls = DATASETS.get(ds_type) if isinstance(ds_type, str) else ds_type
             if not isinstance(ds_cls, type) or not issubclass(ds_cls, CocoDataset):
@@ -927,11 +892,7 @@ def config_dataset_facts(cfg, splits: Sequence[str] = ('train', 'val', 'test')
             if (ann_file, img_dir) in seen:
                 continue
             seen.add((ann_file, img_dir))
-            input_size = None
-            for pipeline in reversed(pipelines):  # the leaf's own pipeline first
-                input_size = pipeline_input_size(pipeline)
-                if input_size is not None:
-                    break
+            input_size = pipelines_input_size(node.pipelines)
             facts.append(DatasetFacts(
                 split=split, key=key, dataset_type=ds_cls.__name__, ann_file=ann_file,
                 img_dir=img_dir, classes=_resolve_classes(ds_cfg, ds_cls),

@@ -9,6 +9,8 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 
+from rtdetr_mm.datasets.walk import pipeline_owners
+
 
 @HOOKS.register_module()
 class RTDETRv2AugSwitchHook(Hook):
@@ -102,7 +104,7 @@ class RTDETRv2AugSwitchHook(Hook):
                            + (', '.join(done) or 'nothing to switch'))
 
     def _switch_pipeline(self, dataloader) -> None:
-        for dataset in _leaf_datasets(dataloader.dataset):
+        for dataset in pipeline_owners(dataloader.dataset):
             dataset.pipeline = Compose(copy.deepcopy(self.switch_pipeline))
         # Workers hold a copy of the dataset made when they started.
         iterator = getattr(dataloader, '_iterator', None)
@@ -123,14 +125,3 @@ class RTDETRv2AugSwitchHook(Hook):
                 aug.enabled = False
                 count += 1
         return count
-
-
-def _leaf_datasets(dataset) -> list:
-    """The datasets that own a pipeline, through mmengine/mmdet wrappers."""
-    if hasattr(dataset, 'datasets'):  # ConcatDataset
-        return [leaf for d in dataset.datasets for leaf in _leaf_datasets(d)]
-    if not hasattr(dataset, 'pipeline') and hasattr(dataset, 'dataset'):  # Repeat/ClassBalanced
-        return _leaf_datasets(dataset.dataset)
-    if not hasattr(dataset, 'pipeline'):
-        raise TypeError(f'{type(dataset).__name__} has no pipeline to switch')
-    return [dataset]

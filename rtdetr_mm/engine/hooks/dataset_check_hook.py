@@ -1,6 +1,6 @@
 """Stop a run on bad annotations before its first iteration."""
 import logging
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
@@ -8,24 +8,9 @@ from mmengine.logging import print_log
 from mmengine.runner import BaseLoop
 
 from rtdetr_mm.datasets.validation import ValidationReport, check_config_datasets
+from rtdetr_mm.datasets.walk import leaf_datasets
 
 SPLITS = ('train', 'val', 'test')
-
-
-def _leaf_datasets(dataset) -> Iterator[object]:
-    """The datasets inside mmengine / mmdet wrappers (``dataset`` of
-    RepeatDataset, ClassBalancedDataset, MultiImageMixDataset;
-    ``datasets`` of ConcatDataset)."""
-    inner = getattr(dataset, 'datasets', None)
-    if isinstance(inner, (list, tuple)):
-        for d in inner:
-            yield from _leaf_datasets(d)
-        return
-    inner = getattr(dataset, 'dataset', None)
-    if inner is not None and inner is not dataset:
-        yield from _leaf_datasets(inner)
-        return
-    yield dataset
 
 
 @HOOKS.register_module()
@@ -86,7 +71,8 @@ class RTDETRv2DatasetCheckHook(Hook):
         dataset = getattr(dataloader, 'dataset', None)
         if dataset is None:
             return out
-        for leaf in _leaf_datasets(dataset):
+        for node in leaf_datasets(dataset):
+            leaf = node.dataset
             report: Optional[ValidationReport] = getattr(leaf, 'validation_report', None)
             if report is not None and getattr(leaf, 'ann_file', None):
                 out[leaf.ann_file] = report

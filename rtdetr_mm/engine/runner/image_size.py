@@ -5,7 +5,8 @@ dataset config as ``dict(type='Resize', scale=image_size)`` keeps the base's
 value even when a child config or ``--cfg-options image_size=...`` changes
 ``image_size``. :func:`apply_image_size` (called by ``RTDETRv2Runner`` before
 anything is built) writes the final ``cfg.image_size`` into every ``Resize``
-step of the train / val / test pipelines and of the
+step (nested ones too, e.g. inside ``RandomChoice``) of the train / val /
+test pipelines (dataset wrappers included) and of the
 ``RTDETRv2AugSwitchHook.switch_pipeline``.
 
 What follows the size without this function:
@@ -19,9 +20,10 @@ from typing import List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
 
+from rtdetr_mm.datasets.walk import loader_datasets, resize_steps, walk_datasets
+
 #: Largest feature stride of RT-DETRv2: sizes must be multiples of it.
 SIZE_DIVISOR = 32
-_RESIZE_TYPES = ('Resize', 'mmdet.Resize')
 
 
 def check_image_size(image_size, key: str = 'image_size') -> Tuple[int, int]:
@@ -58,25 +60,13 @@ def _nearest(value: int) -> str:
     return str(lower) if lower == upper else f'{lower} or {upper}'
 
 
-def _dataset_pipelines(dataset: dict, where: str) -> List[Tuple[str, list]]:
-    """(config path, pipeline list) of a dataset config and its wrapped ones."""
-    found = []
-    if isinstance(dataset.get('pipeline'), list):
-        found.append((f'{where}.pipeline', dataset['pipeline']))
-    if isinstance(dataset.get('dataset'), dict):  # RepeatDataset, ClassBalancedDataset
-        found += _dataset_pipelines(dataset['dataset'], f'{where}.dataset')
-    for i, child in enumerate(dataset.get('datasets') or []):  # ConcatDataset
-        if isinstance(child, dict):
-            found += _dataset_pipelines(child, f'{where}.datasets.{i}')
-    return found
-
-
 def _pipelines(cfg: Config) -> List[Tuple[str, list]]:
-    found = []
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        dataset = (cfg.get(loader) or {}).get('dataset')
-        if isinstance(dataset, dict):
-            found += _dataset_pipelines(dataset, f'{loader}.dataset')
+    """(config path, pipeline) of every dataset of the train / val / test
+    loaders (wrappers included) and of the aug-switch hook."""
+    found = [(f'{node.key}.pipeline', node.dataset['pipeline'])
+             for split, dataset in loader_datasets(cfg)
+             for node in walk_datasets(dataset, f'{split}_dataloader.dataset')
+             if isinstance(node.dataset.get('pipeline'), list)]
     for i, hook in enumerate(cfg.get('custom_hooks') or []):
         if hook.get('type') in ('RTDETRv2AugSwitchHook', 'mmdet.RTDETRv2AugSwitchHook') \
                 and isinstance(hook.get('switch_pipeline'), list):
@@ -102,11 +92,11 @@ def apply_image_size(cfg: Config) -> Optional[Tuple[int, int]]:
         return None
     height, width = check_image_size(cfg.image_size)
     for where, pipeline in _pipelines(cfg):
-        steps = [step for step in pipeline if step.get('type') in _RESIZE_TYPES]
+        steps = resize_steps(pipeline, where)
         if not steps:
             raise ValueError(f'image_size={cfg.image_size!r} is set but {where} has no Resize '
                              'step to apply it to; add one or set image_size=None')
-        for step in steps:
+        for _, step in steps:
             step['scale'] = (width, height)
     return height, width
 
