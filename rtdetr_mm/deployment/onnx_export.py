@@ -31,50 +31,22 @@ output (TensorRT < 10 returns int32). Invalid encoder anchors are +inf
 constants (only reached through ``sigmoid``); TensorRT accepts them.
 """
 import copy
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 from scipy.optimize import linear_sum_assignment
 
+from rtdetr_mm.datasets.walk import first_resize_scale, leaf_datasets
+from rtdetr_mm.models.layers.postprocess import topk_detections
+from rtdetr_mm.engine.runner.image_size import check_image_size, resolved_copy
+
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = (16, 17, 18)
 SAMPLING_METHODS = {'grid_sample': 'default', 'discrete': 'discrete'}
 INPUT_NAMES = ('images', 'orig_target_sizes')
 OUTPUT_NAMES = ('labels', 'boxes', 'scores')
-
-
-def rtdetrv2_postprocess(cls_logits: torch.Tensor, boxes_cxcywh: torch.Tensor,
-                         sizes_wh: torch.Tensor, num_classes: int, max_per_img: int
-                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-K over the sigmoid scores of all (query, class) pairs, as
-    :meth:`RTDETRv2Head.predict_by_feat`, batched and traceable.
-
-    Args:
-        cls_logits (Tensor): (B, Nq, C) class logits of the evaluated layer.
-        boxes_cxcywh (Tensor): (B, Nq, 4) boxes, cxcywh normalised to [0, 1].
-        sizes_wh (Tensor): (B, 2) or (1, 2) (w, h) that the normalised boxes
-            are scaled by (pixels of the target image).
-        num_classes (int): C (a Python int, so the graph gets a constant).
-        max_per_img (int): K, detections kept per image (<= Nq * C).
-
-    Returns:
-        tuple[Tensor, Tensor, Tensor]: ``labels`` (B, K) int64, ``boxes``
-        (B, K, 4) xyxy pixels, ``scores`` (B, K), sorted by score. Boxes are
-        not clipped to the image (official post-processor).
-    """
-    scores = cls_logits.sigmoid().flatten(1)
-    top_scores, top_idx = scores.topk(max_per_img, dim=1)
-    # Indices are >= 0, so truncating division is the floor: one integer Div
-    # in ONNX (floor division would add Mod/Xor/Where sign fixes).
-    query_idx = torch.div(top_idx, num_classes, rounding_mode='trunc')
-    labels = top_idx - query_idx * num_classes
-    picked = boxes_cxcywh.gather(1, query_idx.unsqueeze(-1).repeat(1, 1, 4))
-    centre, size = picked[..., :2], picked[..., 2:]
-    xyxy = torch.cat([centre - 0.5 * size, centre + 0.5 * size], -1)
-    scale = sizes_wh.to(xyxy.dtype).repeat(1, 2).unsqueeze(1)
-    return labels, xyxy * scale, top_scores
 
 
 class RTDETRv2ONNXWrapper(nn.Module):
@@ -100,9 +72,7 @@ class RTDETRv2ONNXWrapper(nn.Module):
         self.input_size = (int(input_size[0]), int(input_size[1]))
         head = detector.bbox_head
         self.num_classes = int(head.num_classes)
-        num_candidates = head.num_queries * head.num_classes
-        self.max_per_img = min(int(head.test_cfg.get('max_per_img', head.num_queries)),
-                               num_candidates)
+        self.max_per_img = head.max_per_img
         preprocessor = detector.data_preprocessor
         # Model channel order = loading order (BGR) unless the preprocessor
         # converts it; the ONNX input is always RGB.
@@ -147,8 +117,8 @@ class RTDETRv2ONNXWrapper(nn.Module):
             sizes_wh = images.new_tensor([[w, h]])
         else:
             sizes_wh = orig_target_sizes
-        return rtdetrv2_postprocess(outs.cls_scores[-1], outs.bbox_preds[-1], sizes_wh,
-                                    self.num_classes, self.max_per_img)
+        return topk_detections(outs.cls_scores[-1], outs.bbox_preds[-1], sizes_wh,
+                               self.num_classes, self.max_per_img)
 
 
 def sampling_cfg_options(sampling: str) -> Dict[str, str]:
@@ -205,15 +175,17 @@ def fuse_for_deploy(detector: nn.Module) -> nn.Module:
     return fused
 
 
-def check_input_size(input_size: Sequence[int], stride: int = 32) -> Tuple[int, int]:
-    """Validate (H, W): positive multiples of the largest stride (32)."""
-    if len(input_size) != 2:
-        raise ValueError(f'image size must be (H, W), got {tuple(input_size)}')
-    h, w = (int(v) for v in input_size)
-    if h <= 0 or w <= 0 or h % stride or w % stride:
-        raise ValueError(f'image size (H, W) = ({h}, {w}) must be positive multiples of '
-                         f'{stride} (the largest feature stride)')
-    return h, w
+def config_input_size(config: str) -> Tuple[int, int]:
+    """(H, W) of the test pipeline's ``Resize`` in ``config`` (after the
+    ``image_size`` knob), found through dataset wrappers and nested
+    transforms; (640, 640) when the test pipeline has none."""
+    from mmengine.config import Config
+    cfg = resolved_copy(Config.fromfile(config))
+    nodes = leaf_datasets((cfg.get('test_dataloader') or {}).get('dataset'),
+                          'test_dataloader.dataset')
+    found = first_resize_scale(nodes[0].pipelines) if nodes else None
+    size = (640, 640) if found is None else found[:2]
+    return check_image_size(size, key=f'{config}: the test pipeline\'s Resize scale')
 
 
 def example_inputs(batch: int, input_size: Tuple[int, int], seed: int = 0
@@ -269,7 +241,7 @@ def export_onnx(detector: nn.Module, out_file: str, input_size: Tuple[int, int],
         raise ValueError(f'opset must be one of {SUPPORTED_OPSETS} (TensorRT), got {opset}')
     if batch < 1:
         raise ValueError(f'batch must be >= 1, got {batch}')
-    input_size = check_input_size(input_size)
+    input_size = check_image_size(tuple(input_size), key='input_size')
     wrapper = RTDETRv2ONNXWrapper(detector, input_size).eval()
     images, sizes = example_inputs(batch, input_size)
     args = (images, sizes) if with_orig_target_sizes else (images, )

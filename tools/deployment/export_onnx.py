@@ -36,8 +36,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import rtdetr_mm  # noqa: F401,E402
 from rtdetr_mm.deployment.onnx_export import (DEFAULT_OPSET, SAMPLING_METHODS,  # noqa: E402
                                               SUPPORTED_OPSETS, build_detector,
-                                              check_input_size, export_onnx,
+                                              config_input_size, export_onnx,
                                               fuse_for_deploy, verify_onnx)
+from rtdetr_mm.engine.runner.image_size import check_image_size  # noqa: E402
 
 # Default tolerances of the check (score, box px) per sampling method: the
 # exported graph computes the same function, so only float noise differs;
@@ -57,7 +58,8 @@ def parse_args(argv=None):
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, choices=SUPPORTED_OPSETS,
                         help='ONNX opset (TensorRT parses 16-18)')
     parser.add_argument('--image-size', type=int, nargs=2, metavar=('H', 'W'),
-                        default=(640, 640), help='network input size, multiples of 32')
+                        help='network input size, multiples of 32 (default: the size of '
+                        "the config's test pipeline, after its image_size)")
     parser.add_argument('--sampling', choices=sorted(SAMPLING_METHODS), default='grid_sample',
                         help='deformable-attention sampling: grid_sample (bilinear, '
                         'GridSample op) or discrete (nearest pixel, Gather only)')
@@ -78,7 +80,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    input_size = check_input_size(args.image_size)
+    input_size = (check_image_size(tuple(args.image_size), key='--image-size')
+                  if args.image_size else config_input_size(args.config))
     out = args.out or osp.splitext(args.checkpoint)[0] + f'_{args.sampling}.onnx'
     if osp.dirname(out):
         os.makedirs(osp.dirname(out), exist_ok=True)

@@ -18,6 +18,7 @@ from mmengine.structures import InstanceData
 from ..layers.anchors import generate_anchors
 from ..layers.denoising import DenoisingMeta, build_denoising_queries
 from ..layers.mlp import RTDETRv2MLP, bias_init_with_prob
+from ..layers.postprocess import topk_detections
 from ..layers.rtdetrv2_decoder import RTDETRv2TransformerDecoder
 
 MatchIndices = List[Tuple[torch.Tensor, torch.Tensor]]
@@ -468,33 +469,36 @@ class RTDETRv2Head(BaseModule):
         return self.predict_by_feat(outs.cls_scores[-1], outs.bbox_preds[-1],
                                     batch_img_metas, rescale)
 
+    @property
+    def max_per_img(self) -> int:
+        """Detections kept per image: ``test_cfg.max_per_img``, by default
+        ``num_queries`` (300 officially); at most ``num_queries * num_classes``."""
+        return min(int(self.test_cfg.get('max_per_img', self.num_queries)),
+                   self.num_queries * self.num_classes)
+
     def predict_by_feat(self, cls_scores: torch.Tensor, bbox_preds: torch.Tensor,
                         batch_img_metas: List[dict], rescale: bool = True) -> InstanceList:
-        """Top-k over the sigmoid scores of all (query, class) pairs.
+        """Top-k over the sigmoid scores of all (query, class) pairs
+        (:func:`~rtdetr_mm.models.layers.postprocess.topk_detections`).
 
         Args:
             cls_scores (Tensor): (B, Nq, C) logits.
             bbox_preds (Tensor): (B, Nq, 4) cxcywh normalised to the input.
             batch_img_metas (list[dict]): ``batch_input_shape`` (or
                 ``img_shape``) and, for ``rescale``, ``scale_factor`` (w, h).
-
-        NOTE: like the official post-processor and unlike mmdet's DETR heads,
-        boxes are not clipped to the image.
         """
-        max_per_img = self.test_cfg.get('max_per_img', self.num_queries)
-        results = []
-        for scores, boxes, meta in zip(cls_scores, bbox_preds, batch_img_metas):
-            h, w = meta.get('batch_input_shape', meta['img_shape'])[:2]
-            flat = scores.float().sigmoid().flatten()
-            top_scores, top_idx = flat.topk(min(max_per_img, flat.numel()))
-            labels = top_idx % self.num_classes
-            query_idx = torch.div(top_idx, self.num_classes, rounding_mode='floor')
-            det = bbox_cxcywh_to_xyxy(boxes[query_idx].float()) * boxes.new_tensor(
-                [w, h, w, h]).float()
-            if rescale and 'scale_factor' in meta:
-                det = det / det.new_tensor(meta['scale_factor']).repeat(2)
-            results.append(InstanceData(bboxes=det, scores=top_scores, labels=labels))
-        return results
+        sizes = [meta.get('batch_input_shape', meta['img_shape'])[:2]
+                 for meta in batch_img_metas]
+        sizes_wh = cls_scores.new_tensor([[w, h] for h, w in sizes], dtype=torch.float32)
+        scale_factors = None
+        if rescale and all('scale_factor' in meta for meta in batch_img_metas):
+            scale_factors = cls_scores.new_tensor(
+                [meta['scale_factor'] for meta in batch_img_metas], dtype=torch.float32)
+        labels, boxes, scores = topk_detections(cls_scores, bbox_preds, sizes_wh,
+                                                self.num_classes, self.max_per_img,
+                                                scale_factors)
+        return [InstanceData(bboxes=b, scores=s, labels=lab)
+                for b, s, lab in zip(boxes, scores, labels)]
 
     # ----------------------------------------------------------------- utils
     def _normalised_gts(self, batch_data_samples: SampleList):
