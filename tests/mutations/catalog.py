@@ -17,6 +17,7 @@ HEAD = 'rtdetr_mm/models/dense_heads/rtdetrv2_head.py'
 MODEL_BASE = 'configs/_base_/models/rtdetrv2_r50vd.py'
 KNOBS_LOSS = 'tests/test_knobs_loss.py'
 KNOBS_RUNNER = 'tests/test_knobs_runner.py'
+WALK = 'rtdetr_mm/datasets/walk.py'
 
 MUTATIONS = [
     # ------------------------------------------------------------ loss knobs
@@ -70,16 +71,23 @@ MUTATIONS = [
              [f'{KNOBS_RUNNER}::test_warmup_ratio_counts_real_optimizer_steps']),
     Mutation('image-size-not-in-val-and-test',
              'IMAGE_SIZE reaches the val and test loaders too',
-             [('rtdetr_mm/engine/runner/image_size.py',
-               "for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):",
-               "for loader in ('train_dataloader', ):")],
+             [(WALK, "def loader_datasets(cfg: Any, splits: Sequence[str] = ('train', 'val', 'test')",
+               "def loader_datasets(cfg: Any, splits: Sequence[str] = ('train', )")],
              [f'{KNOBS_RUNNER}::test_image_size_reaches_the_model_from_child_config_and_cfg_options']),
     Mutation('image-size-not-in-test',
              'IMAGE_SIZE reaches the test loader',
-             [('rtdetr_mm/engine/runner/image_size.py',
-               "for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):",
-               "for loader in ('train_dataloader', 'val_dataloader'):")],
+             [(WALK, "def loader_datasets(cfg: Any, splits: Sequence[str] = ('train', 'val', 'test')",
+               "def loader_datasets(cfg: Any, splits: Sequence[str] = ('train', 'val')")],
              [f'{KNOBS_RUNNER}::test_image_size_reaches_the_model_from_child_config_and_cfg_options']),
+    Mutation('image-size-top-level-resize-only',
+             'IMAGE_SIZE reaches a Resize nested in RandomChoice / RandomApply (issue 13)',
+             [(WALK, "yield from walk_transforms(_field(step, 'transforms'), f'{where}.transforms')",
+               'pass')],
+             ['tests/test_walk.py::test_image_size_reaches_nested_resize_in_every_loader']),
+    Mutation('walker-ignores-concat-datasets',
+             'the dataset checks and the knobs reach datasets inside ConcatDataset (issue 13)',
+             [(WALK, "many = _field(dataset, 'datasets')", 'many = None')],
+             ['tests/test_walk.py', 'tests/test_dataset_validation.py::test_config_facts_through_wrappers']),
     # ---------------------------------------------------- parity with transformers
     Mutation('hf-keymap-q-k-swapped',
              'HF weights convert to transformers-equal detections',
@@ -128,12 +136,12 @@ MUTATIONS = [
              [f'{KNOBS_RUNNER}::test_epochs_move_aug_switch_and_multiscale_end']),
     Mutation('rescale-skips-x',
              'predictions are rescaled to the original image in x and y (issue 9 hole 6)',
-             [(HEAD, "det.new_tensor(meta['scale_factor']).repeat(2)",
-               "det.new_tensor([1.0, meta['scale_factor'][1]]).repeat(2)")],
+             [(HEAD, "[meta['scale_factor'] for meta in batch_img_metas]",
+               "[(1.0, meta['scale_factor'][1]) for meta in batch_img_metas]")],
              ['tests/test_empty_gt.py::test_predict_shapes_and_rescale']),
     Mutation('rescale-w-h-swapped',
              'boxes are decoded with the input width for x (issue 9 hole 6)',
-             [(HEAD, '[w, h, w, h]).float()', '[h, w, h, w]).float()')],
+             [(HEAD, '[[w, h] for h, w in sizes]', '[[h, w] for h, w in sizes]')],
              ['tests/test_empty_gt.py::test_predict_shapes_and_rescale']),
     # ------------------------------------------------------------ reliability
     Mutation('non-atomic-checkpoint',
