@@ -72,6 +72,22 @@ print(json.dumps(dict(modules=modules, tools=sorted(namespaces), forced=forced,
 """
 
 
+def _config_and_payload(tmp_path, checkpoint):
+    """(checkout root, a tiny r18 config, the file the payload would create,
+    a checkpoint ``checkpoint`` plus an entry that pickles os.system)."""
+    from tiny_coco import make_tiny_coco, tiny_config
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    data = make_tiny_coco(str(tmp_path / 'data'), num_images=2, size=(64, 64))
+    config = tiny_config(
+        str(tmp_path / 'cfg.py'),
+        osp.join(root, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py'), data,
+        size=(64, 64), max_epochs=1, batch_size=2, small_model=True)
+    marker = tmp_path / 'pwned'
+    evil = str(tmp_path / 'evil.pth')
+    torch.save(dict(checkpoint, x=_RunsCommand(marker)), evil)
+    return root, config, marker, evil
+
+
 def test_importing_everything_leaves_weights_only_on(tmp_path):
     """In a fresh process without any TORCH_FORCE* variable: import rtdetr_mm
     and every submodule, every tools/ script (as a module) and run the
@@ -85,16 +101,7 @@ def test_importing_everything_leaves_weights_only_on(tmp_path):
     import sys
 
     from checkout import checkout_env
-    from tiny_coco import make_tiny_coco, tiny_config
-    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
-    data = make_tiny_coco(str(tmp_path / 'data'), num_images=2, size=(64, 64))
-    config = tiny_config(
-        str(tmp_path / 'cfg.py'),
-        osp.join(root, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py'), data,
-        size=(64, 64), max_epochs=1, batch_size=2, small_model=True)
-    marker = tmp_path / 'pwned'
-    evil = str(tmp_path / 'evil.pth')
-    torch.save({'state_dict': {}, 'x': _RunsCommand(marker)}, evil)
+    root, config, marker, evil = _config_and_payload(tmp_path, {'state_dict': {}})
     proc = subprocess.run(
         [sys.executable, '-c', _IMPORT_EVERYTHING, root, config, str(tmp_path / 'work'), evil],
         cwd=root, env=checkout_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -343,17 +350,8 @@ def test_pickled_callable_refused_by_every_entry_point(tmp_path):
     code != 0, the message names the file and the global, the payload never
     ran. The four processes run side by side, each with a hard timeout."""
     from checkout import popen_python
-    from tiny_coco import make_tiny_coco, tiny_config
-    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
-    data = make_tiny_coco(str(tmp_path / 'data'), num_images=2, size=(64, 64))
-    config = tiny_config(
-        str(tmp_path / 'cfg.py'),
-        osp.join(root, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py'), data,
-        size=(64, 64), max_epochs=1, batch_size=2, small_model=True)
-    marker = tmp_path / 'pwned'
-    evil = str(tmp_path / 'evil.pth')
-    torch.save({'meta': {'epoch': 0, 'iter': 0}, 'state_dict': {},
-                'x': _RunsCommand(marker)}, evil)
+    root, config, marker, evil = _config_and_payload(
+        tmp_path, {'meta': {'epoch': 0, 'iter': 0}, 'state_dict': {}})
     work = str(tmp_path / 'work')
     commands = {
         'train load_from': ['tools/train.py', config, '--work-dir', work + '1',
