@@ -137,6 +137,7 @@ def main(argv=None):
                 originals = apply(scratch, m)
             except ValueError as e:
                 rows.append((m, 'NOT APPLIED', 0.0, str(e)))
+                print(f'{m.name}: NOT APPLIED ({e})', flush=True)
                 failed = True
                 continue
             try:
