@@ -7,17 +7,17 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from mmdet.models.layers import MLP
 from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import (bbox_cxcywh_to_xyxy, bbox_overlaps,
                                    bbox_xyxy_to_cxcywh, get_box_tensor)
 from mmdet.utils import ConfigType, InstanceList, OptConfigType, reduce_mean
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, bias_init_with_prob, constant_init
 from mmengine.structures import InstanceData
 
 from ..layers.anchors import generate_anchors
 from ..layers.denoising import DenoisingMeta, build_denoising_queries
-from ..layers.mlp import RTDETRv2MLP, bias_init_with_prob
 from ..layers.postprocess import topk_detections
 from ..layers.rtdetrv2_decoder import RTDETRv2TransformerDecoder
 
@@ -177,12 +177,12 @@ class RTDETRv2Head(BaseModule):
             ('norm', nn.LayerNorm(hidden_dim)),
         ]))
         self.enc_score_head = nn.Linear(hidden_dim, num_classes)
-        self.enc_bbox_head = RTDETRv2MLP(hidden_dim, hidden_dim, 4, num_layers=3)
-        self.query_pos_head = RTDETRv2MLP(4, 2 * hidden_dim, hidden_dim, num_layers=2)
+        self.enc_bbox_head = MLP(hidden_dim, hidden_dim, 4, num_layers=3)
+        self.query_pos_head = MLP(4, 2 * hidden_dim, hidden_dim, num_layers=2)
         self.dec_score_head = nn.ModuleList(
             nn.Linear(hidden_dim, num_classes) for _ in range(num_layers))
         self.dec_bbox_head = nn.ModuleList(
-            RTDETRv2MLP(hidden_dim, hidden_dim, 4, num_layers=3) for _ in range(num_layers))
+            MLP(hidden_dim, hidden_dim, 4, num_layers=3) for _ in range(num_layers))
 
         self.loss_cls = MODELS.build(loss_cls)
         self.loss_bbox = MODELS.build(loss_bbox)
@@ -198,10 +198,10 @@ class RTDETRv2Head(BaseModule):
         query position head and the input projections."""
         bias = bias_init_with_prob(0.01)
         nn.init.constant_(self.enc_score_head.bias, bias)
-        self.enc_bbox_head.zero_last_layer()
+        constant_init(self.enc_bbox_head.layers[-1], 0)
         for score_head, bbox_head in zip(self.dec_score_head, self.dec_bbox_head):
             nn.init.constant_(score_head.bias, bias)
-            bbox_head.zero_last_layer()
+            constant_init(bbox_head.layers[-1], 0)
         nn.init.xavier_uniform_(self.enc_output.proj.weight)
         for layer in self.query_pos_head.layers:
             nn.init.xavier_uniform_(layer.weight)

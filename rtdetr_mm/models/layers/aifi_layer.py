@@ -1,11 +1,8 @@
 """AIFI: the post-norm transformer encoder layer of the hybrid encoder."""
-from typing import Optional
-
 import torch
 import torch.nn as nn
 
 from .conv_norm import build_activation
-from .mlp import optional_add
 
 
 class AIFILayer(nn.Module):
@@ -34,9 +31,9 @@ class AIFILayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.activation = build_activation(activation)
 
-    def forward(self, src: torch.Tensor, pos_embed: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
         """(B, N, d_model) tokens and (1, N, d_model) position embedding -> (B, N, d_model)."""
-        q = k = optional_add(src, pos_embed)
+        q = k = src + pos_embed
         attended, _ = self.self_attn(q, k, value=src, need_weights=False)
         src = self.norm1(src + self.dropout1(attended))
         ffn = self.linear2(self.dropout(self.activation(self.linear1(src))))
@@ -50,7 +47,8 @@ class AIFIEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(AIFILayer(**layer_kwargs) for _ in range(num_layers))
 
-    def forward(self, src: torch.Tensor, pos_embed: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+        """(B, N, d_model) tokens, (1, N, d_model) position embedding -> (B, N, d_model)."""
         for layer in self.layers:
             src = layer(src, pos_embed)
         return src

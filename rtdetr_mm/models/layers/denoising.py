@@ -4,9 +4,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from mmdet.models.layers.transformer import inverse_sigmoid
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
-
-from .mlp import inverse_sigmoid
 
 
 @dataclass

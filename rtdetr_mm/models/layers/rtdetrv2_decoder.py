@@ -5,8 +5,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmdet.models.layers.transformer import inverse_sigmoid
 
-from .mlp import inverse_sigmoid, optional_add
 from .ms_deform_attn_v2 import MSDeformableAttentionV2
 
 _ACTIVATIONS = {'relu': F.relu, 'gelu': F.gelu, 'silu': F.silu}
@@ -68,12 +68,12 @@ class RTDETRv2DecoderLayer(nn.Module):
         Returns:
             Tensor: Updated queries, shape (B, Nq, d_model).
         """
-        q = k = optional_add(target, query_pos)
+        q = k = target + query_pos
         attended, _ = self.self_attn(q, k, value=target, attn_mask=attn_mask,
                                      need_weights=False)
         target = self.norm1(target + self.dropout1(attended))
 
-        attended = self.cross_attn(optional_add(target, query_pos), reference_boxes,
+        attended = self.cross_attn(target + query_pos, reference_boxes,
                                    memory, spatial_shapes)
         target = self.norm2(target + self.dropout2(attended))
 
