@@ -17,6 +17,7 @@ from mmengine.model import BaseModule, bias_init_with_prob, constant_init
 from mmengine.structures import InstanceData
 
 from ..layers.anchors import generate_anchors
+from ..layers.conv_norm import ConvNormLayer
 from ..layers.denoising import DenoisingMeta, build_denoising_queries
 from ..layers.postprocess import topk_detections
 from ..layers.rtdetrv2_decoder import RTDETRv2TransformerDecoder
@@ -47,14 +48,6 @@ class RTDETRv2HeadOutputs:
     dn_cls_scores: Optional[torch.Tensor] = None
     dn_bbox_preds: Optional[torch.Tensor] = None
     dn_meta: Optional[DenoisingMeta] = None
-
-
-def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(OrderedDict([
-        ('conv', nn.Conv2d(in_channels, out_channels, kernel_size, stride,
-                           padding=(kernel_size - 1) // 2, bias=False)),
-        ('norm', nn.BatchNorm2d(out_channels)),
-    ]))
 
 
 #: Submodules of the head whose first dimension is the number of classes (the
@@ -158,10 +151,10 @@ class RTDETRv2Head(BaseModule):
         self.test_cfg = test_cfg or {}
         self._anchor_cache: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
-        self.input_proj = nn.ModuleList(_conv_bn(c, hidden_dim, 1, 1) for c in in_channels)
+        self.input_proj = nn.ModuleList(ConvNormLayer(c, hidden_dim, 1) for c in in_channels)
         extra_in = in_channels[-1]
         for _ in range(num_levels - len(in_channels)):
-            self.input_proj.append(_conv_bn(extra_in, hidden_dim, 3, 2))
+            self.input_proj.append(ConvNormLayer(extra_in, hidden_dim, 3, 2))
             extra_in = hidden_dim
 
         self.decoder = RTDETRv2TransformerDecoder(

@@ -1,4 +1,5 @@
-"""Conv2d + BatchNorm2d (+ activation), the official ``ConvNormLayer``."""
+"""Conv2d + BatchNorm2d (+ activation), the official ``ConvNormLayer``: the
+one Conv+Norm module of the backbone, the neck and the head."""
 from typing import Optional
 
 import torch
@@ -18,6 +19,14 @@ def build_activation(name: Optional[str]) -> nn.Module:
 
 class ConvNormLayer(nn.Module):
     """``act(norm(conv(x)))`` with submodules ``conv`` and ``norm``.
+
+    Every Conv+BN of the model is one of these: the backbone's, the neck's
+    CCFF and input projections, the head's input projections.
+
+    NOTE: mmcv's ``ConvModule`` is not used: it names its norm ``bn`` (and its
+    activation ``activate``), while the official checkpoints name it
+    ``norm``, so every key would change; and it Kaiming-initialises the conv
+    when built, which would change the model's initial weights.
 
     Args:
         in_channels (int): Input channels.

@@ -1,6 +1,5 @@
 """RT-DETR(v2) hybrid encoder: AIFI on the top level + CCFF (FPN/PAN with
 CSP-RepVGG blocks)."""
-from collections import OrderedDict
 from typing import Dict, Sequence, Tuple
 
 import torch
@@ -63,11 +62,7 @@ class RTDETRv2HybridEncoder(BaseModule):
         self.num_encoder_layers = num_encoder_layers
         self.pe_temperature = pe_temperature
         self._pos_cache: Dict[tuple, torch.Tensor] = {}
-        self.input_proj = nn.ModuleList(
-            nn.Sequential(OrderedDict([
-                ('conv', nn.Conv2d(c, hidden_dim, 1, bias=False)),
-                ('norm', nn.BatchNorm2d(hidden_dim)),
-            ])) for c in in_channels)
+        self.input_proj = nn.ModuleList(ConvNormLayer(c, hidden_dim, 1) for c in in_channels)
         self.encoder = nn.ModuleList(
             AIFIEncoder(num_encoder_layers, d_model=hidden_dim, nhead=nhead,
                         dim_feedforward=dim_feedforward, dropout=dropout, activation=enc_act)
