@@ -20,17 +20,21 @@ default_hooks = dict(
         save_best='coco/bbox_mAP',  # also keep best_coco_bbox_mAP_epoch_*.pth
         rule='greater'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
+    # load_from a checkpoint of another number of classes (a COCO one, for
+    # fine-tuning): the head's class layers stay at their initialisation and
+    # the log names each; resuming from one is an error.
+    class_mismatch=dict(type='RTDETRv2ClassMismatchHook'),
     visualization=dict(type='DetVisualizationHook'),
     # Before the first iteration (and before testing): the annotations of the
     # datasets this run uses against metainfo.classes and the head's
     # num_classes / num_queries / denoising budget; errors name the file,
-    # image id, annotation id or config key (rtdetr_mm/datasets/validation.py).
+    # image id, annotation id or config key (rtdetr_mm/datasets/validation/).
     # A default hook, so that child configs replacing custom_hooks keep it.
     dataset_check=dict(type='RTDETRv2DatasetCheckHook'),
-    # Every loss term is checked before backward; all ranks agree. 'raise'
-    # stops naming the iteration and the term, 'skip' skips the optimizer
-    # step (at most max_skips in a row); checkpoints with NaN/inf weights are
-    # refused.
+    # The optim wrapper (RTDETRv2OptimWrapper) skips backward and step of a
+    # non-finite loss on every rank; then 'raise' stops the run naming the
+    # iteration and the loss terms, 'skip' goes on (at most max_skips in a
+    # row). Checkpoints with NaN/inf weights are refused.
     nonfinite=dict(type='RTDETRv2NonFiniteLossHook', action='raise', max_skips=10,
                    check_checkpoints=True),
     # torch / CUDA / numpy / random states and the sampler seed are saved in

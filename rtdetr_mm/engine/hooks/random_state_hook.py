@@ -145,7 +145,7 @@ class RTDETRv2RandomStateHook(Hook):
         Not restored here: ``Runner.resume`` re-seeds every generator with
         the checkpoint's seed after this hook runs.
         """
-        if not runner._resume:
+        if not runner.cfg.get('resume', False):  # what mmengine's load_or_resume acts on
             return
         saved = checkpoint.get(CKPT_KEY)
         if saved is None:
