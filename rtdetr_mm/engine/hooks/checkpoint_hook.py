@@ -20,14 +20,18 @@ class RTDETRv2CheckpointHook(CheckpointHook):
       while saving could be left with neither.
     - **mid-epoch checkpoints** for a fractional ``train_cfg.val_interval``
       (``RTDETRv2EpochBasedTrainLoop``): after each mid-epoch validation the
-      loop calls :meth:`save_mid_epoch_checkpoint`, which writes
-      ``iter_<n>.pth`` (resumable: meta epoch = current epoch, iter = ``n``
-      iterations done) and deletes the previous mid-epoch file; a best
-      checkpoint found there is named ``best_<key>_iter_<n>.pth``.
+      loop frames each mid-epoch validation with the custom hook events
+      ``before_mid_epoch_val`` / ``after_mid_epoch_val`` (``Runner.call_hook``);
+      a best checkpoint found there is named ``best_<key>_iter_<n>.pth``, and
+      after it the hook writes ``iter_<n>.pth`` (resumable: meta epoch =
+      current epoch, iter = ``n`` iterations done) and deletes the previous
+      mid-epoch file.
     """
 
     #: file name of the newest mid-epoch checkpoint (set once one is saved)
     _mid_epoch_ckpt: Optional[str] = None
+    #: True between ``before_mid_epoch_val`` and ``after_mid_epoch_val``
+    _in_mid_epoch_val: bool = False
 
     def before_train(self, runner) -> None:
         """mmengine's ``before_train``, plus a warning when the runner does
@@ -56,10 +60,17 @@ class RTDETRv2CheckpointHook(CheckpointHook):
                 self._remove(self.filename_tmpl.format(dropped))
         self._drop_mid_epoch_checkpoint(keep=None)
 
-    def save_mid_epoch_checkpoint(self, runner) -> None:
+    # -- mid-epoch checkpoints (custom hook events of the train loop) -------
+    def before_mid_epoch_val(self, runner) -> None:
+        """A validation inside an epoch starts: a best checkpoint found by
+        it is named by iteration."""
+        self._in_mid_epoch_val = True
+
+    def after_mid_epoch_val(self, runner) -> None:
         """Save ``iter_<n>.pth`` after the n-th iteration of the run, inside
         an epoch (meta: epoch = the current, unfinished epoch, iter = n);
         replaces the previous mid-epoch checkpoint."""
+        self._in_mid_epoch_val = False
         filename = f'iter_{runner.iter}.pth'
         self._write(runner, filename, dict(epoch=runner.epoch, iter=runner.iter),
                     by_epoch=False)
@@ -106,7 +117,7 @@ class RTDETRv2CheckpointHook(CheckpointHook):
             self.best_ckpt_path = None
         else:
             self.best_ckpt_path_dict = {k: None for k in previous}
-        mid_epoch = bool(getattr(runner._train_loop, 'in_mid_epoch_validation', False))
+        mid_epoch = self._in_mid_epoch_val
         saved = (self.by_epoch, self.filename_tmpl, self.last_ckpt)
         if mid_epoch:
             # name by iteration; skip the parent's trailing re-save of a

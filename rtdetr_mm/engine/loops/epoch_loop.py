@@ -50,8 +50,7 @@ class RTDETRv2EpochBasedTrainLoop(EpochBasedTrainLoop):
         self.val_every_epochs = float(val_interval)
         #: iteration counts after which validation runs (fractional mode)
         self.val_points: List[int] = self._val_points() if self.fractional else []
-        #: True while a validation inside an epoch runs (read by the
-        #: checkpoint hook to name the best checkpoint by iteration)
+        #: True while a validation inside an epoch runs
         self.in_mid_epoch_validation = False
 
     def _val_points(self) -> List[int]:
@@ -113,14 +112,17 @@ class RTDETRv2EpochBasedTrainLoop(EpochBasedTrainLoop):
                 and done >= self.val_begin * len(self.dataloader))
 
     def _validate_mid_epoch(self) -> None:
+        """Validate inside an epoch, framed by two custom hook events:
+        ``before_mid_epoch_val`` and ``after_mid_epoch_val`` (the checkpoint
+        hook names its best checkpoint by iteration, then saves
+        ``iter_<n>.pth``)."""
         self.in_mid_epoch_validation = True
+        self.runner.call_hook('before_mid_epoch_val')
         try:
             self.runner.val_loop.run()
         finally:
             self.in_mid_epoch_validation = False
-        for hook in self.runner.hooks:
-            if hasattr(hook, 'save_mid_epoch_checkpoint'):
-                hook.save_mid_epoch_checkpoint(self.runner)
+        self.runner.call_hook('after_mid_epoch_val')
         self.runner.model.train()  # the val loop left it in eval mode
 
     def _batches(self, skip: int):
