@@ -3,9 +3,11 @@
 # official MultiStepLR milestone is epoch 1000, i.e. never), gradient-norm
 # clipping at 0.1, 72 epochs for L/X.
 optim_wrapper = dict(
-    # fp32. USE_BF16 / USE_FP16: type='RTDETRv2AmpOptimWrapper' with
-    # dtype='bfloat16' (CPU or GPU) or dtype='float16' (CUDA, loss scaling).
-    type='OptimWrapper',
+    # fp32; mmengine's OptimWrapper, except that a non-finite loss skips
+    # backward and step on every rank (the nonfinite hook then stops the run
+    # naming the loss terms). USE_BF16 / USE_FP16: type='RTDETRv2AmpOptimWrapper'
+    # with dtype='bfloat16' (CPU or GPU) or dtype='float16' (CUDA, loss scaling).
+    type='RTDETRv2OptimWrapper',
     # GRAD_ACCUM: optimizer step every N micro-batches (effective batch =
     # train_dataloader.batch_size x N x GPUs); the EMA updates per step.
     accumulative_counts=1,

@@ -6,13 +6,14 @@ import torch
 import torch.nn as nn
 from mmdet.registry import OPTIM_WRAPPERS
 from mmengine.logging import print_log
-from mmengine.optim import OptimWrapper
+
+from .optim_wrapper import RTDETRv2OptimWrapper
 
 _DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16}
 
 
 @OPTIM_WRAPPERS.register_module()
-class RTDETRv2AmpOptimWrapper(OptimWrapper):
+class RTDETRv2AmpOptimWrapper(RTDETRv2OptimWrapper):
     """Autocast the forward pass to ``dtype``; fp16 also scales the loss.
 
     - ``dtype='bfloat16'``: ``torch.autocast`` on the model's device (CPU or
@@ -23,7 +24,8 @@ class RTDETRv2AmpOptimWrapper(OptimWrapper):
     The head computes its losses (and the Hungarian matching costs) in fp32
     whatever the autocast dtype. The device type is taken from the model's
     parameters at the first forward, never hard-coded. The choice is logged
-    once.
+    once. A non-finite loss skips backward and step, as
+    ``RTDETRv2OptimWrapper`` (the base class) does.
 
     NOTE: mmengine's ``AmpOptimWrapper`` is not reused because its
     constructor asserts a CUDA/NPU/MLU/MUSA device, so bf16 on CPU fails.
