@@ -324,21 +324,31 @@ def test_numpy1_spelling_loads(tmp_path):
 
 
 def test_url_loaders_are_restricted(trained, tmp_path):
-    # mmengine's http/open-mmlab/torchvision loaders go through load_url,
-    # which is torch.hub.load_state_dict_from_url (weights_only=False by
-    # default); ours passes weights_only=True. file:// stands in for https.
+    """mmengine's http(s) / open-mmlab / torchvision / mmcls loaders go
+    through torch.hub.load_state_dict_from_url (weights_only=False by
+    default); importing rtdetr_mm registers ours for those schemes, which
+    pass weights_only=True. file:// stands in for https."""
     from mmengine.runner import checkpoint as mmengine_checkpoint
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from rtdetr_mm.engine import checkpoint_loaders
+    for url in ('https://host/a.pth', 'http://host/a.pth', 'torchvision://resnet50',
+                'open-mmlab://resnet50_v1c', 'mmcls://resnet50', ''):
+        # (mmengine has no public lookup of the loader for a prefix)
+        loader = CheckpointLoader._get_checkpoint_loader(url)
+        assert loader.__module__ == checkpoint_loaders.__name__, (url, loader)
+    # mmengine's own module is untouched
+    assert mmengine_checkpoint.load_url.__module__.startswith('mmengine')
+
     _, _, ckpt = trained
-    good = mmengine_checkpoint.load_from_http(
-        'file://' + ckpt, model_dir=str(tmp_path / 'good'))
+    good = checkpoint_loaders.load_from_http('file://' + ckpt, model_dir=str(tmp_path / 'good'))
     assert good['meta']['iter'] == 2
 
     marker = tmp_path / 'pwned'
     evil = str(tmp_path / 'evil.pth')
     torch.save({'state_dict': {}, 'x': _RunsCommand(marker)}, evil)
     with pytest.raises(RuntimeError, match='refusing to unpickle') as info:
-        mmengine_checkpoint.load_from_http(
-            'file://' + evil, model_dir=str(tmp_path / 'evil'))
+        checkpoint_loaders.load_from_http('file://' + evil, model_dir=str(tmp_path / 'evil'))
     assert 'file://' + evil in str(info.value)
     assert not marker.exists()
 

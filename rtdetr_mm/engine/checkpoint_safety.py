@@ -38,14 +38,9 @@ A file that cannot be read at all (truncated by a killed save, damaged,
 random bytes) raises :class:`CorruptCheckpointError` naming the file and its
 size, instead of torch's bare zip/pickle error.
 
-Two loading paths get a wrapper (mmengine's source is untouched):
-mmengine's registered checkpoint loaders, so that a refusal names the file
-and the global; and ``mmengine.runner.checkpoint.load_url`` (behind
-``http(s)://``, ``open-mmlab://``, ``torchvision://``, ``mmcls://``), which
-is ``torch.hub.load_state_dict_from_url`` and would otherwise unpickle
-without restriction (its ``weights_only`` defaults to False).
+mmengine's checkpoint loaders are re-registered with ours, which load
+through here (:mod:`rtdetr_mm.engine.checkpoint_loaders`).
 """
-import functools
 import inspect
 import os.path as osp
 import pickle
@@ -58,7 +53,7 @@ import numpy as np
 import torch
 from torch.serialization import add_safe_globals
 
-__all__ = ['register_safe_globals', 'safe_load_checkpoint',
+__all__ = ['register_safe_globals', 'safe_load_checkpoint', 'classify_load_error',
            'safe_global_names', 'UnsafeCheckpointError', 'CorruptCheckpointError']
 
 
@@ -145,14 +140,16 @@ def safe_global_names() -> List[str]:
 def register_safe_globals() -> None:
     """Allow-list the types mmengine writes into checkpoints (idempotent).
 
-    Also makes mmengine's checkpoint loaders report a refused checkpoint with
-    :func:`safe_load_checkpoint`'s message (see :func:`_wrap_mmengine_loaders`).
+    Also registers our loaders for mmengine's checkpoint schemes
+    (:func:`rtdetr_mm.engine.checkpoint_loaders.register_loaders`): every one
+    unpickles with ``weights_only=True`` and names a refused file.
     """
     global _REGISTERED
     if _REGISTERED:
         return
     add_safe_globals(_safe_globals())
-    _wrap_mmengine_loaders()
+    from .checkpoint_loaders import register_loaders  # it imports this module
+    register_loaders()
     _REGISTERED = True
 
 
@@ -255,82 +252,20 @@ def safe_load_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
         raise
 
 
+def classify_load_error(filename: Any, err: BaseException) -> BaseException:
+    """The error to raise for ``err`` from loading ``filename``: an
+    :class:`UnsafeCheckpointError` or :class:`CorruptCheckpointError` naming
+    the file, or ``err`` itself when it is neither."""
+    if _is_weights_only_error(err):
+        return _refusal(filename, err)
+    if _looks_corrupt(err):
+        return _corrupt(filename, err)
+    return err
+
+
 #: What the pickle reader raises on bytes that are not a complete checkpoint
 #: (a non-zip file goes to the legacy reader, where random or damaged opcodes
 #: fail with any of these).
 _UNPICKLER_FAILURES = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, IndexError,
                        KeyError, TypeError, AttributeError, OverflowError, struct.error,
                        UnicodeDecodeError)
-
-
-def _load_from_local(filename: str, map_location: Optional[Any] = None):
-    """mmengine's ``load_from_local`` with ``weights_only=True`` explicit."""
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
-    return safe_load_checkpoint(filename, map_location=map_location)
-
-
-# mmengine logs "Loads checkpoint by <name[10:]> backend".
-_load_from_local.__name__ = 'load_from_local'
-
-
-def _with_clear_refusal(loader: Callable) -> Callable:
-
-    @functools.wraps(loader)
-    def wrapped(filename, *args, **kwargs):
-        try:
-            return loader(filename, *args, **kwargs)
-        except (UnsafeCheckpointError, CorruptCheckpointError):
-            raise
-        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
-            if _is_weights_only_error(err):
-                raise _refusal(filename, err) from None
-            if _looks_corrupt(err):
-                raise _corrupt(filename, err) from None
-            raise
-
-    wrapped._rtdetr_mm_safe = True  # type: ignore[attr-defined]
-    return wrapped
-
-
-def _load_url_weights_only(url: str,
-                           model_dir: Optional[str] = None,
-                           map_location: Optional[Any] = None,
-                           progress: bool = True,
-                           check_hash: bool = False,
-                           file_name: Optional[str] = None) -> Any:
-    """mmengine's ``load_url`` for torch>=1.7, with ``weights_only=True``."""
-    register_safe_globals()
-    try:
-        return torch.hub.load_state_dict_from_url(
-            url, model_dir=model_dir, map_location=map_location,
-            progress=progress, check_hash=check_hash, file_name=file_name,
-            weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
-        if _is_weights_only_error(err):
-            raise _refusal(url, err) from None
-        if _looks_corrupt(err):
-            raise _corrupt(url, err) from None
-        raise
-
-
-def _wrap_mmengine_loaders() -> None:
-    # Why wrap: mmengine's loaders call torch.load themselves, and only a
-    # wrapper can turn torch's error into our message (re-registered through
-    # mmengine's public CheckpointLoader.register_scheme; weights_only stays
-    # True, mmengine's source is untouched).
-    from mmengine.runner.checkpoint import CheckpointLoader
-    for prefix, loader in list(CheckpointLoader._schemes.items()):
-        if getattr(loader, '_rtdetr_mm_safe', False):
-            continue
-        if prefix == '':
-            new_loader = _with_clear_refusal(_load_from_local)
-        else:
-            new_loader = _with_clear_refusal(loader)
-        CheckpointLoader.register_scheme(prefix, new_loader, force=True)
-    # Why replace load_url: mmengine's http/open-mmlab/torchvision/mmcls
-    # loaders call it, and it is torch.hub.load_state_dict_from_url, whose
-    # weights_only defaults to False, i.e. unrestricted unpickling.
-    from mmengine.runner import checkpoint as mmengine_checkpoint
-    mmengine_checkpoint.load_url = _load_url_weights_only
