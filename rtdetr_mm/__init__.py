@@ -1,4 +1,4 @@
-"""RT-DETRv2 for MMDetection 3.3, registered as a plugin (never patching mmdet).
+"""RT-DETRv2 for MMDetection 3.3, registered as a plugin (the README lists what importing it changes).
 
 Importing this package registers its modules in mmdet's registries and
 allow-lists the types mmengine writes into checkpoints, so that
@@ -10,5 +10,5 @@ from .engine.checkpoint_safety import register_safe_globals
 
 register_safe_globals()
 
-from . import datasets, engine, evaluation, models  # noqa: E402,F401
+from . import datasets, engine, models  # noqa: E402,F401
 from .datasets import samplers  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""The annotation validator (rtdetr_mm/datasets/validation.py) and
+"""The annotation validator (rtdetr_mm/datasets/validation/) and
 RTDETRv2CocoDataset on small crafted bad datasets: one test per problem."""
 import json
 import logging

@@ -42,6 +42,13 @@ class RTDETRv2AugSwitchHook(Hook):
       attribute in ``batch_augments`` (``RTDETRv2BatchResize``) gets
       ``enabled = False`` (the model is unwrapped from DDP first).
 
+    NOTE: not a subclass of mmdet's ``PipelineSwitchHook``, which would
+    leave nothing to inherit: it takes an absolute ``switch_epoch`` (fixed
+    when the config is parsed, so ``max_epochs`` overrides would not move
+    it), replaces only the top-level dataset's pipeline (not inside dataset
+    wrappers), keeps the multi-scale batch resize, and restarts persistent
+    workers by flipping the DataLoader's name-mangled ``__initialized`` flag.
+
     Args:
         stop_epochs_before_end (int): N, the number of final epochs trained
             without strong augmentation / multi-scale.
