@@ -32,10 +32,10 @@ model = dict(
         nhead=8,
         dim_feedforward=1024,    # AIFI FFN width (2048 for X)
         dropout=0.0,
-        enc_act='gelu',
+        enc_act_cfg=dict(type='GELU'),  # AIFI FFN
         expansion=1.0,           # CSP-RepVGG hidden width ratio (0.5 for S/M*/M)
         depth_mult=1.0,          # RepVGG blocks per CSP layer = round(3 * depth_mult)
-        act='silu'),
+        act_cfg=dict(type='SiLU')),  # CCFF conv blocks
     bbox_head=dict(
         type='RTDETRv2Head',
         num_classes=num_classes,

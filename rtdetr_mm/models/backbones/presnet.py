@@ -5,10 +5,12 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmcv.cnn import build_activation_layer
 from mmdet.registry import MODELS
+from mmdet.utils import ConfigType
 from mmengine.model import BaseModule
 
-from ..layers.conv_norm import ConvNormLayer, build_activation
+from ..layers.conv_norm import ConvNormLayer
 from ..layers.frozen_bn import freeze_batch_norms
 
 _BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -30,14 +32,14 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_channels: int, channels: int, stride: int, project: bool,
-                 act: str = 'relu', variant: str = 'd') -> None:
+                 act_cfg: ConfigType = dict(type='ReLU'), variant: str = 'd') -> None:
         super().__init__()
         self.project = project
         if project:
             self.short = _shortcut(in_channels, channels, stride, variant)
-        self.branch2a = ConvNormLayer(in_channels, channels, 3, stride, act=act)
+        self.branch2a = ConvNormLayer(in_channels, channels, 3, stride, act_cfg=act_cfg)
         self.branch2b = ConvNormLayer(channels, channels, 3, 1)
-        self.act = build_activation(act)
+        self.act = build_activation_layer(act_cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branch2b(self.branch2a(x))
@@ -49,16 +51,16 @@ class BottleNeck(nn.Module):
     expansion = 4
 
     def __init__(self, in_channels: int, channels: int, stride: int, project: bool,
-                 act: str = 'relu', variant: str = 'd') -> None:
+                 act_cfg: ConfigType = dict(type='ReLU'), variant: str = 'd') -> None:
         super().__init__()
         stride_1x1, stride_3x3 = (stride, 1) if variant == 'a' else (1, stride)
-        self.branch2a = ConvNormLayer(in_channels, channels, 1, stride_1x1, act=act)
-        self.branch2b = ConvNormLayer(channels, channels, 3, stride_3x3, act=act)
+        self.branch2a = ConvNormLayer(in_channels, channels, 1, stride_1x1, act_cfg=act_cfg)
+        self.branch2b = ConvNormLayer(channels, channels, 3, stride_3x3, act_cfg=act_cfg)
         self.branch2c = ConvNormLayer(channels, channels * self.expansion, 1, 1)
         self.project = project
         if project:
             self.short = _shortcut(in_channels, channels * self.expansion, stride, variant)
-        self.act = build_activation(act)
+        self.act = build_activation_layer(act_cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branch2c(self.branch2b(self.branch2a(x)))
@@ -69,12 +71,12 @@ class _Stage(nn.Module):
     """Blocks of one stage (submodules ``blocks.{i}``)."""
 
     def __init__(self, block, in_channels: int, channels: int, count: int, stride: int,
-                 act: str, variant: str) -> None:
+                 act_cfg: ConfigType, variant: str) -> None:
         super().__init__()
         self.blocks = nn.ModuleList()
         for i in range(count):
             self.blocks.append(block(in_channels, channels, stride if i == 0 else 1,
-                                     project=(i == 0), act=act, variant=variant))
+                                     project=(i == 0), act_cfg=act_cfg, variant=variant))
             in_channels = channels * block.expansion
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +104,7 @@ class PResNet(BaseModule):
         num_stages (int): Residual stages built (<= 4).
         return_idx (Sequence[int]): Stages whose outputs are returned
             (1, 2, 3 -> strides 8, 16, 32).
-        act (str): Activation.
+        act_cfg (dict): Activation (mmcv's ``build_activation_layer``).
         freeze_at (int): -1 freezes nothing; k >= 0 freezes the stem and the
             first k stages (``requires_grad=False``).
         freeze_norm (bool): Replace every BatchNorm2d by FrozenBatchNorm2d.
@@ -111,7 +113,8 @@ class PResNet(BaseModule):
     """
 
     def __init__(self, depth: int = 50, variant: str = 'd', num_stages: int = 4,
-                 return_idx: Sequence[int] = (1, 2, 3), act: str = 'relu',
+                 return_idx: Sequence[int] = (1, 2, 3),
+                 act_cfg: ConfigType = dict(type='ReLU'),
                  freeze_at: int = -1, freeze_norm: bool = False, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if depth not in _BLOCKS_PER_STAGE:
@@ -123,7 +126,8 @@ class PResNet(BaseModule):
         else:
             stem = [(3, 64, 2, 'conv1_1')]
         self.conv1 = nn.Sequential(OrderedDict(
-            (name, ConvNormLayer(cin, cout, 3 if variant in ('c', 'd') else 7, stride, act=act))
+            (name, ConvNormLayer(cin, cout, 3 if variant in ('c', 'd') else 7, stride,
+                                  act_cfg=act_cfg))
             for cin, cout, stride, name in stem))
         block = BottleNeck if depth >= 50 else BasicBlock
         base = (64, 128, 256, 512)
@@ -132,7 +136,8 @@ class PResNet(BaseModule):
         in_channels = 64
         for i in range(num_stages):
             self.res_layers.append(_Stage(block, in_channels, base[i], _BLOCKS_PER_STAGE[depth][i],
-                                          stride=1 if i == 0 else 2, act=act, variant=variant))
+                                          stride=1 if i == 0 else 2, act_cfg=act_cfg,
+                                          variant=variant))
             in_channels = self.out_channels[i]
         if freeze_at >= 0:
             frozen = [self.conv1] + list(self.res_layers[:min(freeze_at, num_stages)])

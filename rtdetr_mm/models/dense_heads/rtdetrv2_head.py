@@ -86,7 +86,8 @@ class RTDETRv2Head(BaseModule):
         num_layers (int): Decoder layers.
         dim_feedforward (int): FFN width in the decoder.
         dropout (float): Decoder dropout.
-        activation (str): Decoder FFN activation.
+        act_cfg (dict): Decoder FFN activation (mmcv's
+            ``build_activation_layer``).
         num_queries (int): Object queries (top-k encoder tokens).
         num_denoising (int): Denoising-query budget; 0 disables denoising.
         label_noise_ratio (float): See :func:`build_denoising_queries`.
@@ -115,7 +116,7 @@ class RTDETRv2Head(BaseModule):
                  num_layers: int = 6,
                  dim_feedforward: int = 1024,
                  dropout: float = 0.0,
-                 activation: str = 'relu',
+                 act_cfg: ConfigType = dict(type='ReLU'),
                  num_queries: int = 300,
                  num_denoising: int = 100,
                  label_noise_ratio: float = 0.5,
@@ -159,7 +160,7 @@ class RTDETRv2Head(BaseModule):
 
         self.decoder = RTDETRv2TransformerDecoder(
             num_layers, eval_idx, d_model=hidden_dim, n_head=num_heads,
-            dim_feedforward=dim_feedforward, dropout=dropout, activation=activation,
+            dim_feedforward=dim_feedforward, dropout=dropout, act_cfg=act_cfg,
             n_levels=num_levels, n_points=list(num_points) if not isinstance(num_points, int)
             else num_points, cross_attn_method=cross_attn_method, offset_scale=offset_scale)
         if num_denoising > 0:

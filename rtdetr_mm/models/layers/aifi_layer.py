@@ -1,8 +1,8 @@
 """AIFI: the post-norm transformer encoder layer of the hybrid encoder."""
 import torch
 import torch.nn as nn
-
-from .conv_norm import build_activation
+from mmcv.cnn import build_activation_layer
+from mmdet.utils import ConfigType
 
 
 class AIFILayer(nn.Module):
@@ -15,11 +15,12 @@ class AIFILayer(nn.Module):
         nhead (int): Attention heads.
         dim_feedforward (int): FFN width.
         dropout (float): Dropout in attention and FFN.
-        activation (str): FFN activation (``'gelu'`` officially).
+        act_cfg (dict): FFN activation (GELU officially).
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 1024,
-                 dropout: float = 0.0, activation: str = 'gelu') -> None:
+                 dropout: float = 0.0,
+                 act_cfg: ConfigType = dict(type='GELU')) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -29,7 +30,7 @@ class AIFILayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
-        self.activation = build_activation(activation)
+        self.activation = build_activation_layer(act_cfg)
 
     def forward(self, src: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
         """(B, N, d_model) tokens and (1, N, d_model) position embedding -> (B, N, d_model)."""

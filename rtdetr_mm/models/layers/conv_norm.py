@@ -1,20 +1,9 @@
 """Conv2d + BatchNorm2d (+ activation), the official ``ConvNormLayer``: the
 one Conv+Norm module of the backbone, the neck and the head."""
-from typing import Optional
-
 import torch
 import torch.nn as nn
-
-_ACTS = {'relu': nn.ReLU, 'silu': nn.SiLU, 'gelu': nn.GELU}
-
-
-def build_activation(name: Optional[str]) -> nn.Module:
-    """``nn.Identity`` for None, else ReLU / SiLU / GELU by name."""
-    if name is None:
-        return nn.Identity()
-    if name not in _ACTS:
-        raise ValueError(f'unknown activation {name!r}; expected one of {sorted(_ACTS)}')
-    return _ACTS[name]()
+from mmcv.cnn import build_activation_layer
+from mmdet.utils import OptConfigType
 
 
 class ConvNormLayer(nn.Module):
@@ -33,16 +22,18 @@ class ConvNormLayer(nn.Module):
         out_channels (int): Output channels.
         kernel_size (int): Square kernel; padding is ``(k - 1) // 2``.
         stride (int): Convolution stride.
-        act (str, optional): Activation after the norm.
+        act_cfg (dict, optional): Activation after the norm (mmcv's
+            ``build_activation_layer``, e.g. ``dict(type='SiLU')``); None:
+            none (``nn.Identity``, no state-dict entry).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 act: Optional[str] = None) -> None:
+                 act_cfg: OptConfigType = None) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
                               padding=(kernel_size - 1) // 2, bias=False)
         self.norm = nn.BatchNorm2d(out_channels)
-        self.act = build_activation(act)
+        self.act = build_activation_layer(act_cfg) if act_cfg else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)."""

@@ -1,11 +1,13 @@
 """RepVGG block and CSP-RepVGG layer of the RT-DETR hybrid encoder (CCFF)."""
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmcv.cnn import build_activation_layer
+from mmdet.utils import ConfigType
 
-from .conv_norm import ConvNormLayer, build_activation
+from .conv_norm import ConvNormLayer
 
 
 def _fuse_conv_bn(layer: ConvNormLayer) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -22,15 +24,15 @@ class RepVggBlock(nn.Module):
 
     Args:
         channels (int): Input and output channels.
-        act (str, optional): Activation after the sum.
+        act_cfg (dict): Activation after the sum.
     """
 
-    def __init__(self, channels: int, act: Optional[str] = 'relu') -> None:
+    def __init__(self, channels: int, act_cfg: ConfigType = dict(type='ReLU')) -> None:
         super().__init__()
         self.channels = channels
         self.conv1 = ConvNormLayer(channels, channels, 3, 1)
         self.conv2 = ConvNormLayer(channels, channels, 1, 1)
-        self.act = build_activation(act)
+        self.act = build_activation_layer(act_cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
@@ -61,17 +63,18 @@ class CSPRepLayer(nn.Module):
         num_blocks (int): RepVGG blocks (``round(3 * depth_mult)``).
         expansion (float): Hidden channels = ``int(out_channels * expansion)``;
             ``conv3`` is a 1x1 ConvNormLayer when hidden != out, else Identity.
-        act (str): Activation.
+        act_cfg (dict): Activation of every conv and RepVGG block.
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_blocks: int = 3,
-                 expansion: float = 1.0, act: str = 'silu') -> None:
+                 expansion: float = 1.0, act_cfg: ConfigType = dict(type='SiLU')) -> None:
         super().__init__()
         hidden = int(out_channels * expansion)
-        self.conv1 = ConvNormLayer(in_channels, hidden, 1, 1, act=act)
-        self.conv2 = ConvNormLayer(in_channels, hidden, 1, 1, act=act)
-        self.bottlenecks = nn.Sequential(*[RepVggBlock(hidden, act=act) for _ in range(num_blocks)])
-        self.conv3 = ConvNormLayer(hidden, out_channels, 1, 1, act=act) \
+        self.conv1 = ConvNormLayer(in_channels, hidden, 1, 1, act_cfg=act_cfg)
+        self.conv2 = ConvNormLayer(in_channels, hidden, 1, 1, act_cfg=act_cfg)
+        self.bottlenecks = nn.Sequential(
+            *[RepVggBlock(hidden, act_cfg=act_cfg) for _ in range(num_blocks)])
+        self.conv3 = ConvNormLayer(hidden, out_channels, 1, 1, act_cfg=act_cfg) \
             if hidden != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

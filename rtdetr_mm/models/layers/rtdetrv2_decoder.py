@@ -4,12 +4,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from mmcv.cnn import build_activation_layer
 from mmdet.models.layers.transformer import inverse_sigmoid
+from mmdet.utils import ConfigType
 
 from .ms_deform_attn_v2 import MSDeformableAttentionV2
-
-_ACTIVATIONS = {'relu': F.relu, 'gelu': F.gelu, 'silu': F.silu}
 
 
 class RTDETRv2DecoderLayer(nn.Module):
@@ -22,7 +21,7 @@ class RTDETRv2DecoderLayer(nn.Module):
         n_head (int): Heads of both attentions.
         dim_feedforward (int): FFN hidden width.
         dropout (float): Dropout after each block (0 in every official config).
-        activation (str): FFN activation, ``'relu'`` officially.
+        act_cfg (dict): FFN activation, ReLU officially.
         n_levels (int): Feature levels for cross-attention.
         n_points (int | list[int]): Sampling points per level.
         cross_attn_method (str): ``'default'`` or ``'discrete'``.
@@ -30,7 +29,8 @@ class RTDETRv2DecoderLayer(nn.Module):
     """
 
     def __init__(self, d_model: int = 256, n_head: int = 8, dim_feedforward: int = 1024,
-                 dropout: float = 0.0, activation: str = 'relu', n_levels: int = 3,
+                 dropout: float = 0.0, act_cfg: ConfigType = dict(type='ReLU'),
+                 n_levels: int = 3,
                  n_points: Union[int, List[int]] = 4, cross_attn_method: str = 'default',
                  offset_scale: float = 0.5) -> None:
         super().__init__()
@@ -44,7 +44,7 @@ class RTDETRv2DecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.activation = _ACTIVATIONS[activation]
+        self.activation = build_activation_layer(act_cfg)
         self.dropout3 = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.dropout4 = nn.Dropout(dropout)

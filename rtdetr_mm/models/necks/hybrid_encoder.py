@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmdet.registry import MODELS
+from mmdet.utils import ConfigType
 from mmengine.model import BaseModule
 
 from ..layers.aifi_layer import AIFIEncoder
@@ -34,13 +35,14 @@ class RTDETRv2HybridEncoder(BaseModule):
         nhead (int): AIFI attention heads.
         dim_feedforward (int): AIFI FFN width.
         dropout (float): AIFI dropout.
-        enc_act (str): AIFI FFN activation.
+        enc_act_cfg (dict): AIFI FFN activation (mmcv's
+            ``build_activation_layer``).
         use_encoder_idx (Sequence[int]): Levels that get an AIFI encoder.
         num_encoder_layers (int): AIFI layers per encoded level.
         pe_temperature (float): Position-embedding temperature.
         expansion (float): CSPRepLayer hidden ratio.
         depth_mult (float): RepVGG blocks per CSPRepLayer = round(3 * depth_mult).
-        act (str): Activation of the conv blocks.
+        act_cfg (dict): Activation of the CCFF conv blocks.
         eval_spatial_size: Accepted for config compatibility with the official
             code and ignored: position embeddings are built for the actual
             feature size and cached.
@@ -50,9 +52,11 @@ class RTDETRv2HybridEncoder(BaseModule):
     def __init__(self, in_channels: Sequence[int] = (512, 1024, 2048),
                  feat_strides: Sequence[int] = (8, 16, 32), hidden_dim: int = 256,
                  nhead: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
-                 enc_act: str = 'gelu', use_encoder_idx: Sequence[int] = (2,),
+                 enc_act_cfg: ConfigType = dict(type='GELU'),
+                 use_encoder_idx: Sequence[int] = (2,),
                  num_encoder_layers: int = 1, pe_temperature: float = 10000.0,
-                 expansion: float = 1.0, depth_mult: float = 1.0, act: str = 'silu',
+                 expansion: float = 1.0, depth_mult: float = 1.0,
+                 act_cfg: ConfigType = dict(type='SiLU'),
                  eval_spatial_size=None, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.in_channels = list(in_channels)
@@ -65,19 +69,19 @@ class RTDETRv2HybridEncoder(BaseModule):
         self.input_proj = nn.ModuleList(ConvNormLayer(c, hidden_dim, 1) for c in in_channels)
         self.encoder = nn.ModuleList(
             AIFIEncoder(num_encoder_layers, d_model=hidden_dim, nhead=nhead,
-                        dim_feedforward=dim_feedforward, dropout=dropout, activation=enc_act)
+                        dim_feedforward=dim_feedforward, dropout=dropout, act_cfg=enc_act_cfg)
             for _ in self.use_encoder_idx)
         num_blocks = round(3 * depth_mult)
         num_levels = len(in_channels)
         self.lateral_convs = nn.ModuleList(
-            ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act=act) for _ in range(num_levels - 1))
+            ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act_cfg=act_cfg) for _ in range(num_levels - 1))
         self.fpn_blocks = nn.ModuleList(
-            CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act)
+            CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act_cfg)
             for _ in range(num_levels - 1))
         self.downsample_convs = nn.ModuleList(
-            ConvNormLayer(hidden_dim, hidden_dim, 3, 2, act=act) for _ in range(num_levels - 1))
+            ConvNormLayer(hidden_dim, hidden_dim, 3, 2, act_cfg=act_cfg) for _ in range(num_levels - 1))
         self.pan_blocks = nn.ModuleList(
-            CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act)
+            CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act_cfg)
             for _ in range(num_levels - 1))
 
     def _pos_embed(self, h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
