@@ -73,6 +73,7 @@ val_evaluator = dict(_delete_=True, type='ImprovingMetric')
 test_evaluator = val_evaluator
 train_cfg = dict(max_epochs=2, val_interval=1)
 default_hooks = dict(
+    ema=None, aug_switch=None,
     checkpoint=dict(interval=1, max_keep_ckpts=1, save_best='coco/bbox_mAP', rule='greater'),
     visualization=dict(type='DetVisualizationHook', draw=False))
 '''
@@ -192,7 +193,7 @@ model['bbox_head']['num_classes'] = 3
 randomness = dict(seed=0)
 train_dataloader['dataset']['metainfo'] = dict(classes=('square', 'disk', 'triangle'))
 val_dataloader = val_cfg = val_evaluator = test_dataloader = test_cfg = test_evaluator = None
-default_hooks = dict(checkpoint=dict(save_best=None),
+default_hooks = dict(checkpoint=dict(save_best=None), ema=None, aug_switch=None,
                      visualization=dict(type='DetVisualizationHook', draw=False))
 """
     config = tiny_config(str(tmp / 'cfg3.py'), R18, dict(data, ann_file=ann_file),
@@ -217,7 +218,7 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, data, three_class_ckpt, dam
         blob = random.Random(0).randbytes(4096)
     with open(bad, 'wb') as f:
         f.write(blob)
-    config = _config(tmp_path, data, extra="default_hooks = dict(visualization=dict("
+    config = _config(tmp_path, data, extra="default_hooks = dict(ema=None, aug_switch=None, visualization=dict("
                                            "type='DetVisualizationHook', draw=False))")
     args = [config, '--work-dir', str(tmp_path / 'work')]
     args += ['--resume', bad] if entry == 'resume' else ['--cfg-options', f'load_from={bad}']

@@ -96,9 +96,9 @@ model = dict(neck=dict(hidden_dim=64, dim_feedforward=128, nhead=2),
              bbox_head=dict(num_classes={num_classes}, in_channels=(64, 64, 64),
                             hidden_dim=64, num_heads=2, dim_feedforward=128,
                             num_layers=1, num_queries=20, num_denoising=10))
-# the recipe's EMA; no strong-augmentation switch (the shared light pipeline)
-custom_hooks = [dict(type='RTDETRv2EMAHook', momentum=1e-4, warmup_steps=None,
-                     update_buffers=True)]
+# the recipe's EMA (a default hook of the base); no strong-augmentation
+# switch (the shared light pipeline)
+default_hooks['aug_switch'] = None
 '''
 
 DINO_MODEL = '''

@@ -61,9 +61,9 @@ test_cfg = None
 default_hooks = dict(checkpoint=dict(save_best=None),
                      visualization=dict(type='DetVisualizationHook', draw=False),
                      nonfinite=dict(_delete_=True, type='RTDETRv2NonFiniteLossHook',
-                                    **{hook_args!r}))
-custom_hooks = [dict(type='RTDETRv2EMAHook', warmup_steps=3),
-                dict(type='_WeightRecordHook')]
+                                    **{hook_args!r}),
+                     ema=dict(type='RTDETRv2EMAHook', warmup_steps=3), aug_switch=None)
+custom_hooks = [dict(type='_WeightRecordHook')]
 '''
     config = tiny_config(str(tmp_path / 'cfg.py'), R18, data, size=(64, 64),
                          max_epochs=max_epochs, batch_size=2, small_model=True, extra=extra)

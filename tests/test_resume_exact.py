@@ -71,13 +71,11 @@ test_evaluator = val_evaluator
 default_hooks = dict(
     logger=dict(interval=1),
     checkpoint=dict(interval=1, max_keep_ckpts=2, save_best='coco/bbox_mAP', rule='greater'),
-    visualization=dict(type='DetVisualizationHook', draw=False))
-custom_hooks = [
-    dict(type='RTDETRv2EMAHook', warmup_steps=3),
+    visualization=dict(type='DetVisualizationHook', draw=False),
     # RTDETRv2RandomStateHook and RTDETRv2NonFiniteLossHook: default hooks
-    # of configs/_base_/default_runtime.py
-    dict(type='_KillAtIterHook'),
-]
+    # of configs/_base_/default_runtime.py, as the EMA
+    ema=dict(type='RTDETRv2EMAHook', warmup_steps=3), aug_switch=None)
+custom_hooks = [dict(type='_KillAtIterHook')]
 '''
 
 

@@ -97,3 +97,25 @@ def test_onnx_input_size_follows_the_config(tmp_path):
     assert config_input_size(str(child)) == (96, 128)
     with pytest.raises(ValueError, match=r'input_size=\(100, 128\).*multiple of 32'):
         export_onnx(None, str(tmp_path / 'x.onnx'), (100, 128))
+
+
+@pytest.mark.parametrize('where', ['default_hooks', 'custom_hooks'])
+def test_image_size_reaches_the_aug_switch_pipeline(where):
+    """The aug-switch hook's switch_pipeline follows image_size, as a named
+    default hook (the configs' place: default_hooks.aug_switch) and in
+    custom_hooks (where a user may put it); other hooks are left alone."""
+    cfg = _config()
+    hook = dict(type='RTDETRv2AugSwitchHook', stop_epochs_before_end=1,
+                switch_pipeline=_nested_pipeline((64, 64)))
+    other = dict(type='RTDETRv2EMAHook', switch_pipeline=_nested_pipeline((64, 64)))
+    if where == 'default_hooks':
+        cfg.default_hooks = dict(aug_switch=hook, ema=other)
+    else:
+        cfg.custom_hooks = [other, hook]
+    apply_image_size(cfg)
+    hooks = (list(cfg.default_hooks.values()) if where == 'default_hooks'
+             else cfg.custom_hooks)
+    scales = {h['type']: [tuple(s['scale']) for _, s in resize_steps(h['switch_pipeline'])]
+              for h in hooks}
+    assert scales['RTDETRv2AugSwitchHook'] == [(128, 96), (128, 96)]
+    assert scales['RTDETRv2EMAHook'] == [(64, 64), (64, 64)]

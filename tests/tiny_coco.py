@@ -102,7 +102,9 @@ train_cfg = dict(max_epochs={max_epochs}, val_interval={max_epochs})
 optim_wrapper = dict(optimizer=dict(lr={lr}))
 param_scheduler = [dict(type='RTDETRv2LinearWarmupLR', warmup_steps=4, by_epoch=True,
                         convert_to_iter_based=True)]
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=2))
+# no EMA, no strong-augmentation switch unless a test adds them
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=2),
+                     ema=None, aug_switch=None)
 custom_hooks = []
 {small}
 {extra}

@@ -1,4 +1,5 @@
-# Runtime defaults (mmdet's, plus the RT-DETRv2 EMA). Registered names are
+# Runtime defaults (mmdet's, plus the RT-DETRv2 hooks, each a named
+# default_hooks entry that a child config overrides by name). Registered names are
 # looked up in mmdet's registries; `custom_imports` makes mmengine import
 # rtdetr_mm (which registers the plugin's classes there) before building.
 default_scope = 'mmdet'
@@ -40,9 +41,7 @@ default_hooks = dict(
     # torch / CUDA / numpy / random states and the sampler seed are saved in
     # every checkpoint and restored on --resume, so an interrupted run
     # continues as if uninterrupted (exactly with num_workers=0; see the hook).
-    random_state=dict(type='RTDETRv2RandomStateHook'))
-
-custom_hooks = [
+    random_state=dict(type='RTDETRv2RandomStateHook'),
     # Official ModelEMA(decay=0.9999, warmups=2000): at its k-th update the
     # EMA keeps d_k = 0.9999 * (1 - exp(-k / warmups)) of itself; it is
     # mmengine's ExpMomentumEMA (momentum 1e-4, gamma = warmups), except the
@@ -50,12 +49,12 @@ custom_hooks = [
     # updates once per optimizer step (not per accumulated micro-batch) and,
     # with warmup_steps=None, takes the LR warm-up length as EMA warm-up
     # (2000 unless WARMUP_RATIO is set). Validation, save_best and the saved
-    # state_dict use the EMA weights, as the official code.
-    dict(type='RTDETRv2EMAHook',
-         momentum=1e-4,        # 1 - official decay 0.9999
-         warmup_steps=None,    # None: follow the LR warm-up
-         update_buffers=True),  # average BN statistics too, as official
-]
+    # state_dict use the EMA weights, as the official code. Override by name:
+    # default_hooks = dict(ema=dict(momentum=...)); ema=None turns it off.
+    ema=dict(type='RTDETRv2EMAHook',
+             momentum=1e-4,        # 1 - official decay 0.9999
+             warmup_steps=None,    # None: follow the LR warm-up
+             update_buffers=True))  # average BN statistics too, as official
 
 env_cfg = dict(
     cudnn_benchmark=False,

@@ -1,5 +1,6 @@
 # RT-DETRv2-M*: PResNet-34vd with trainable BN, half-width encoder, 4 decoder
 # layers, 120 epochs (official `rtdetrv2_r34vd_120e_coco.yml`, 49.9 AP).
+# RT-DETRv2-S (r18 config) inherits this recipe.
 _base_ = './rtdetrv2_r50vd_4xb4-72e_coco.py'
 
 max_epochs = 120
@@ -28,8 +29,5 @@ optim_wrapper = dict(
 sync_bn = 'torch'
 
 # Strong augmentation and multi-scale stop 3 epochs before the end (official
-# policy epoch = max_epochs - 3); the EMA hook is inherited unchanged.
-custom_hooks = [
-    _base_.custom_hooks[0],
-    dict(_base_.custom_hooks[1], stop_epochs_before_end=3),
-]
+# policy epoch = max_epochs - 3).
+default_hooks = dict(aug_switch=dict(stop_epochs_before_end=3))

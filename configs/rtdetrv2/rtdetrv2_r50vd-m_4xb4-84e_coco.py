@@ -10,8 +10,5 @@ train_cfg = dict(max_epochs=max_epochs)
 model = dict(neck=dict(expansion=0.5), bbox_head=dict(eval_idx=2))
 
 # Strong augmentation and multi-scale stop 3 epochs before the end (official
-# policy epoch = max_epochs - 3); the EMA hook is inherited unchanged.
-custom_hooks = [
-    _base_.custom_hooks[0],
-    dict(_base_.custom_hooks[1], stop_epochs_before_end=3),
-]
+# policy epoch = max_epochs - 3).
+default_hooks = dict(aug_switch=dict(stop_epochs_before_end=3))

@@ -24,21 +24,10 @@ model = dict(
              mode='nearest'),
     ]))
 
-# Parameter groups (first matching regex wins; multipliers of the base lr/wd):
-# backbone non-norm parameters at lr x 0.1 (1e-5), encoder/decoder norms
-# without weight decay. The backbone norms are frozen for r50/r101.
-optim_wrapper = dict(
-    constructor='RTDETRv2OptimWrapperConstructor',
-    paramwise_cfg=dict(groups=[
-        dict(regex=r'^backbone\.(?!.*norm)', lr_mult=0.1),
-        dict(regex=r'^(neck|bbox_head)\..*(norm|bn)', decay_mult=0.0),
-    ]))
-
 # Official stop_epoch policy: the last epoch(s) train without photometric
 # distortion / zoom-out / IoU crop and without multi-scale (counted from the
-# end, so changing max_epochs moves it).
-custom_hooks = [
-    _base_.custom_hooks[0],  # RTDETRv2EMAHook of default_runtime.py
-    dict(type='RTDETRv2AugSwitchHook', stop_epochs_before_end=1,
-         switch_pipeline={{_base_.train_pipeline_no_strong_aug}}),
-]
+# end, so changing max_epochs moves it). Override by name:
+# default_hooks = dict(aug_switch=dict(stop_epochs_before_end=...)).
+default_hooks = dict(
+    aug_switch=dict(type='RTDETRv2AugSwitchHook', stop_epochs_before_end=1,
+                    switch_pipeline={{_base_.train_pipeline_no_strong_aug}}))

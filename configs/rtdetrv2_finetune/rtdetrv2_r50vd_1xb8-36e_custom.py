@@ -68,7 +68,4 @@ param_scheduler = [dict(_base_.param_scheduler[0], warmup_steps=300)]
 # decay grows as 0.9999 * (1 - exp(-k / 2000)): on a run of a few thousand
 # steps the EMA follows the weights closely. It is not tied to the short LR
 # warm-up above, which would freeze the EMA after ~1000 steps.
-custom_hooks = [
-    dict(_base_.custom_hooks[0], warmup_steps=2000),
-    _base_.custom_hooks[1],
-]
+default_hooks = dict(ema=dict(warmup_steps=2000))

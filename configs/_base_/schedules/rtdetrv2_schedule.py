@@ -17,15 +17,18 @@ optim_wrapper = dict(
         betas=(0.9, 0.999),
         weight_decay=1e-4),    # WEIGHT_DECAY (norms exempt: paramwise_cfg)
     clip_grad=dict(max_norm=0.1, norm_type=2),  # L2 norm of all gradients
-    # mmengine's DefaultOptimWrapperConstructor groups: the backbone trains at
-    # lr x 0.1 (1e-5, official L/M), norm layers without weight decay.
-    # NOTE: the size configs switch to RTDETRv2OptimWrapperConstructor and its
-    # regex `groups` (the official per-size rules, e.g. backbone lr x 1 for S,
-    # x 0.5 for M*, x 0.01 for X); that constructor does not read custom_keys
-    # or norm_decay_mult.
-    paramwise_cfg=dict(
-        custom_keys={'backbone': dict(lr_mult=0.1)},
-        norm_decay_mult=0.0))
+    # Parameter groups as the official `optimizer.params` regexes: the first
+    # matching regex sets a parameter's multipliers of the base lr / weight
+    # decay; unmatched parameters use the base values. L/M (r50): backbone
+    # non-norm parameters at lr x 0.1 (1e-5; the backbone norms are frozen),
+    # encoder/decoder norms without weight decay. The size configs replace
+    # `groups` with their official rules (S: backbone at lr x 1, M*: x 0.5,
+    # X: x 0.01). (Why not mmengine's custom_keys: the constructor's NOTE.)
+    constructor='RTDETRv2OptimWrapperConstructor',
+    paramwise_cfg=dict(groups=[
+        dict(regex=r'^backbone\.(?!.*norm)', lr_mult=0.1),
+        dict(regex=r'^(neck|bbox_head)\..*(norm|bn)', decay_mult=0.0),
+    ]))
 
 param_scheduler = [
     # Official LinearWarmup: the lr of optimizer step t (0-based) is

@@ -67,10 +67,13 @@ def _pipelines(cfg: Config) -> List[Tuple[str, list]]:
              for split, dataset in loader_datasets(cfg)
              for node in walk_datasets(dataset, f'{split}_dataloader.dataset')
              if isinstance(node.dataset.get('pipeline'), list)]
-    for i, hook in enumerate(cfg.get('custom_hooks') or []):
-        if hook.get('type') in ('RTDETRv2AugSwitchHook', 'mmdet.RTDETRv2AugSwitchHook') \
-                and isinstance(hook.get('switch_pipeline'), list):
-            found.append((f'custom_hooks.{i}.switch_pipeline', hook['switch_pipeline']))
+    hooks = [(f'default_hooks.{name}', hook)
+             for name, hook in (cfg.get('default_hooks') or {}).items()]
+    hooks += [(f'custom_hooks.{i}', hook) for i, hook in enumerate(cfg.get('custom_hooks') or [])]
+    for where, hook in hooks:
+        if isinstance(hook, dict) and isinstance(hook.get('switch_pipeline'), list) and \
+                hook.get('type') in ('RTDETRv2AugSwitchHook', 'mmdet.RTDETRv2AugSwitchHook'):
+            found.append((f'{where}.switch_pipeline', hook['switch_pipeline']))
     return found
 
 
