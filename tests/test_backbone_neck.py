@@ -47,7 +47,7 @@ def test_frozen_bn_equals_batchnorm_in_eval():
 
 @pytest.mark.parametrize('expansion,depth_mult', [(1.0, 1.0), (0.5, 1.0), (0.5, 0.34)])
 def test_hybrid_encoder_structure(expansion, depth_mult):
-    neck = RTDETRv2HybridEncoder(in_channels=(32, 64, 128), hidden_dim=64, nhead=4,
+    neck = RTDETRv2HybridEncoder(in_channels=(32, 64, 128), hidden_dim=64, num_heads=4,
                                  dim_feedforward=128, expansion=expansion, depth_mult=depth_mult)
     block = neck.fpn_blocks[0]
     assert len(block.bottlenecks) == round(3 * depth_mult)
@@ -59,7 +59,7 @@ def test_hybrid_encoder_structure(expansion, depth_mult):
 
 def test_repvgg_fusion_leaves_outputs_unchanged():
     torch.manual_seed(0)
-    neck = RTDETRv2HybridEncoder(in_channels=(32, 64, 128), hidden_dim=64, nhead=4,
+    neck = RTDETRv2HybridEncoder(in_channels=(32, 64, 128), hidden_dim=64, num_heads=4,
                                  dim_feedforward=128, expansion=0.5)
     # Non-trivial BN statistics: a few training-mode passes.
     feats = [torch.randn(2, 32, 16, 16), torch.randn(2, 64, 8, 8), torch.randn(2, 128, 4, 4)]

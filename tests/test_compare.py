@@ -92,10 +92,11 @@ visualizer = dict(name={visualizer!r})
 
 RTDETR_MODEL = '''
 # RT-DETRv2 reduced: 64-channel encoder / decoder, 1 decoder layer, 20 queries
-model = dict(neck=dict(hidden_dim=64, dim_feedforward=128, nhead=2),
+model = dict(neck=dict(hidden_dim=64, dim_feedforward=128, num_heads=2),
              bbox_head=dict(num_classes={num_classes}, in_channels=(64, 64, 64),
                             hidden_dim=64, num_heads=2, dim_feedforward=128,
-                            num_layers=1, num_queries=20, num_denoising=10))
+                            num_layers=1, num_queries=20,
+                            dn_cfg=dict(num_denoising=10)))
 # the recipe's EMA (a default hook of the base); no strong-augmentation
 # switch (the shared light pipeline)
 default_hooks['aug_switch'] = None

@@ -197,10 +197,10 @@ def _write_config(tmp_path, data, probe_dir):
 _base_ = {base!r}
 custom_imports = dict(imports=['rtdetr_mm', 'dist_probe'], allow_failed_imports=False)
 model = dict(
-    neck=dict(hidden_dim=64, dim_feedforward=128, nhead=4),
+    neck=dict(hidden_dim=64, dim_feedforward=128, num_heads=4),
     bbox_head=dict(type='RecordingRTDETRv2Head', in_channels=(64, 64, 64), hidden_dim=64,
                    num_heads=4, dim_feedforward=128, num_layers=2, num_queries=30,
-                   num_denoising=20))
+                   dn_cfg=dict(num_denoising=20)))
 train_dataloader = dict(batch_size={BATCH_SIZE}, batch_sampler=None,
                         sampler=dict(_delete_=True, type='FixedRankSampler',
                                      indices={RANK_INDICES!r}))

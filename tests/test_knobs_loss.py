@@ -207,7 +207,7 @@ def test_label_smoothing_range_checked():
 @pytest.fixture(scope='module')
 def small_head_inputs():
     torch.manual_seed(0)
-    model = build_model(R18, num_queries=20, num_denoising=10, num_layers=2).eval()
+    model = build_model(R18, num_queries=20, dn_cfg=dict(num_denoising=10), num_layers=2).eval()
     shape = (128, 128)
     boxes, labels = random_gts([3, 2], shape, num_classes=80, seed=1)
     samples = data_samples(boxes, labels, shape)
@@ -293,7 +293,7 @@ LOSS_KNOBS = [  # (loss_cls settings, how they reach the config)
 def _config_with_loss(tmp_path, loss_cls, how):
     """The r18 config with ``loss_cls`` set through a child config file or
     ``--cfg-options`` keys, a small decoder and the fixed matching."""
-    model = dict(bbox_head=dict(num_queries=12, num_denoising=0, num_layers=2),
+    model = dict(bbox_head=dict(num_queries=12, dn_cfg=dict(num_denoising=0), num_layers=2),
                  train_cfg=dict(assigner=dict(_delete_=True, type='_FixedTestAssigner')))
     if how == 'child':
         model['bbox_head']['loss_cls'] = loss_cls
@@ -544,7 +544,7 @@ def test_bf16_training_losses_track_fp32():
     boxes, labels = random_gts([3, 2], shape, num_classes=80, seed=2)
     inputs = (torch.rand(2, 3, *shape, generator=torch.Generator().manual_seed(0)) * 255).round()
     torch.manual_seed(0)
-    model = build_model(R18, num_queries=30, num_denoising=20, num_layers=2)
+    model = build_model(R18, num_queries=30, dn_cfg=dict(num_denoising=20), num_layers=2)
     model.train()
     wrapper = RTDETRv2AmpOptimWrapper(torch.optim.AdamW(model.parameters(), lr=1e-4),
                                       dtype='bfloat16')

@@ -32,7 +32,7 @@ def test_loss_matches_transformers(tmp_path):
     # r50vd: frozen backbone BN on both sides, so train mode differs only in
     # the (batch-statistics) neck BN, computed identically.
     hf = build_hf_model('r50vd', seed=0, image=images, num_denoising=0)
-    ours = _converted_model(hf, tmp_path, R50, num_denoising=0)
+    ours = _converted_model(hf, tmp_path, R50, dn_cfg=dict(num_denoising=0))
     boxes, labels = random_gts([4, 7], SHAPE)
     h, w = SHAPE
     scale = torch.tensor([w, h, w, h])
@@ -74,7 +74,7 @@ def _box_iou_giou(a, b):
 
 def test_denoising_terms_match_independent_computation():
     torch.manual_seed(1)
-    model = build_model(num_denoising=20)
+    model = build_model(dn_cfg=dict(num_denoising=20))
     model.train()
     head = model.bbox_head
     images = torch.rand(2, 3, *SHAPE)

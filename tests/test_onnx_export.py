@@ -22,9 +22,10 @@ R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 # CPU-sized model: the r18 backbone with a 128-channel encoder / decoder, 2
 # decoder layers, 100 queries and 4 classes (the size of the demo model).
 MODEL_OVERRIDES = dict(
-    neck=dict(hidden_dim=128, dim_feedforward=512, nhead=4),
+    neck=dict(hidden_dim=128, dim_feedforward=512, num_heads=4),
     bbox_head=dict(num_classes=4, in_channels=(128, 128, 128), hidden_dim=128, num_heads=4,
-                   dim_feedforward=512, num_layers=2, num_queries=100, num_denoising=50))
+                   dim_feedforward=512, num_layers=2, num_queries=100,
+                   dn_cfg=dict(num_denoising=50)))
 INPUT_SIZE = (160, 224)  # (H, W), non-square
 SCORE_TOL, BOX_TOL, DISCRETE_BOX_TOL = 5e-4, 0.05, 2.0
 # Anchors whose centre lies within 5% of the border are invalid (+inf), as

@@ -61,10 +61,10 @@ def tiny_config(path: str, base: str, data: dict, size=(128, 128), max_epochs: i
     runner tests that only count iterations); ``extra`` is appended.
     """
     small = """
-model = dict(neck=dict(hidden_dim=64, dim_feedforward=128, nhead=2),
+model = dict(neck=dict(hidden_dim=64, dim_feedforward=128, num_heads=2),
              bbox_head=dict(num_classes=2, in_channels=(64, 64, 64), hidden_dim=64,
                             num_heads=2, dim_feedforward=128, num_layers=1,
-                            num_queries=20, num_denoising=10))
+                            num_queries=20, dn_cfg=dict(num_denoising=10)))
 """ if small_model else ''
     text = f'''
 _base_ = {base!r}

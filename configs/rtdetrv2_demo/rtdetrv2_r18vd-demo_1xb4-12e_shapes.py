@@ -45,10 +45,10 @@ max_epochs = __shapes.max_epochs
 train_cfg = dict(max_epochs=max_epochs, val_interval=1)
 
 model = dict(
-    neck=dict(hidden_dim=128, dim_feedforward=512, nhead=4),
+    neck=dict(hidden_dim=128, dim_feedforward=512, num_heads=4),
     bbox_head=dict(num_classes=__shapes.num_classes, in_channels=(128, 128, 128),
                    hidden_dim=128, num_heads=4, dim_feedforward=512, num_layers=2,
-                   num_queries=100, num_denoising=50),
+                   num_queries=100, dn_cfg=dict(num_denoising=50)),
     test_cfg=dict(max_per_img=100))
 
 optim_wrapper = dict(optimizer=dict(lr=4e-4), clip_grad=dict(max_norm=1.0))

@@ -24,12 +24,11 @@ model = dict(
         init_cfg=None),     # ImageNet weights: see README "Pretrained backbones"
     neck=dict(
         type='RTDETRv2HybridEncoder',
-        in_channels=(512, 1024, 2048),  # backbone output channels
-        feat_strides=(8, 16, 32),
+        in_channels=(512, 1024, 2048),  # backbone output channels (strides 8, 16, 32)
         hidden_dim=256,          # channels of every encoder output (384 for X)
         use_encoder_idx=(2,),    # AIFI transformer layer(s) only on stride 32
         num_encoder_layers=1,
-        nhead=8,
+        num_heads=8,             # AIFI attention heads
         dim_feedforward=1024,    # AIFI FFN width (2048 for X)
         dropout=0.0,
         enc_act_cfg=dict(type='GELU'),  # AIFI FFN
@@ -40,7 +39,6 @@ model = dict(
         type='RTDETRv2Head',
         num_classes=num_classes,
         in_channels=(256, 256, 256),
-        feat_strides=(8, 16, 32),
         hidden_dim=256,
         num_levels=3,
         num_points=(4, 4, 4),      # deformable sampling points per level
@@ -49,9 +47,9 @@ model = dict(
         dim_feedforward=1024,
         dropout=0.0,
         num_queries=300,           # object queries = detections kept per image
-        num_denoising=100,         # denoising-query budget (0 disables CDN)
-        label_noise_ratio=0.5,
-        box_noise_scale=1.0,
+        # Contrastive denoising (training only): query budget (0 disables it),
+        # label flip probability / 2, box corner noise relative to half the size.
+        dn_cfg=dict(num_denoising=100, label_noise_ratio=0.5, box_noise_scale=1.0),
         eval_idx=-1,               # decoder layer used at inference (M: 2)
         cross_attn_method='default',  # 'discrete' = no grid_sample (old TensorRT)
         # Classification loss: 'vfl' (official), 'focal' or 'bce'; alpha/gamma

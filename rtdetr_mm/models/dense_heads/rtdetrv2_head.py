@@ -18,7 +18,8 @@ from mmengine.structures import InstanceData
 
 from ..layers.anchors import generate_anchors
 from ..layers.conv_norm import ConvNormLayer
-from ..layers.denoising import DenoisingMeta, build_denoising_queries
+from ..layers.denoising import (DN_CFG_DEFAULTS, DenoisingMeta, build_denoising_queries,
+                                resolve_dn_cfg)
 from ..layers.postprocess import topk_detections
 from ..layers.rtdetrv2_decoder import RTDETRv2TransformerDecoder
 
@@ -76,8 +77,6 @@ class RTDETRv2Head(BaseModule):
     Args:
         num_classes (int): Object classes (no background logit: sigmoid).
         in_channels (Sequence[int]): Channels of each neck output.
-        feat_strides (Sequence[int]): Strides of the neck outputs (documents
-            the input; extra levels get twice the previous stride).
         hidden_dim (int): Decoder width.
         num_levels (int): Levels the decoder attends to; extra levels beyond
             ``len(in_channels)`` are made by 3x3 stride-2 convs.
@@ -89,9 +88,13 @@ class RTDETRv2Head(BaseModule):
         act_cfg (dict): Decoder FFN activation (mmcv's
             ``build_activation_layer``).
         num_queries (int): Object queries (top-k encoder tokens).
-        num_denoising (int): Denoising-query budget; 0 disables denoising.
-        label_noise_ratio (float): See :func:`build_denoising_queries`.
-        box_noise_scale (float): See :func:`build_denoising_queries`.
+        dn_cfg (dict, optional): Contrastive denoising (training only), as
+            mmdet's DINO groups it: ``num_denoising`` (query budget; 0
+            disables denoising), ``label_noise_ratio``, ``box_noise_scale``
+            (see :func:`build_denoising_queries`). Keys left out take the
+            official values (100, 0.5, 1.0); None disables denoising. The
+            keys are the official RT-DETR names, which mmdet's DINO calls
+            ``group_cfg.num_dn_queries`` and ``label_noise_scale``.
         eval_idx (int): Decoder layer used at inference (-1 = last).
         cross_attn_method (str): ``'default'`` (grid_sample) or ``'discrete'``.
         offset_scale (float): Deformable offset scale (0.5 officially).
@@ -108,7 +111,6 @@ class RTDETRv2Head(BaseModule):
     def __init__(self,
                  num_classes: int = 80,
                  in_channels: Sequence[int] = (256, 256, 256),
-                 feat_strides: Sequence[int] = (8, 16, 32),
                  hidden_dim: int = 256,
                  num_levels: int = 3,
                  num_points: Union[int, Sequence[int]] = (4, 4, 4),
@@ -118,9 +120,7 @@ class RTDETRv2Head(BaseModule):
                  dropout: float = 0.0,
                  act_cfg: ConfigType = dict(type='ReLU'),
                  num_queries: int = 300,
-                 num_denoising: int = 100,
-                 label_noise_ratio: float = 0.5,
-                 box_noise_scale: float = 1.0,
+                 dn_cfg: OptConfigType = DN_CFG_DEFAULTS,
                  eval_idx: int = -1,
                  cross_attn_method: str = 'default',
                  offset_scale: float = 0.5,
@@ -138,14 +138,11 @@ class RTDETRv2Head(BaseModule):
             raise ValueError(f'num_levels ({num_levels}) must be >= len(in_channels) '
                              f'({len(in_channels)})')
         self.num_classes = num_classes
-        self.feat_strides = list(feat_strides)
         self.num_inputs = len(in_channels)
         self.hidden_dim = hidden_dim
         self.num_levels = num_levels
         self.num_queries = num_queries
-        self.num_denoising = num_denoising
-        self.label_noise_ratio = label_noise_ratio
-        self.box_noise_scale = box_noise_scale
+        self.dn_cfg = resolve_dn_cfg(dn_cfg)
         self.anchor_grid_size = anchor_grid_size
         self.anchor_eps = anchor_eps
         self.train_cfg = train_cfg or {}
@@ -159,11 +156,12 @@ class RTDETRv2Head(BaseModule):
             extra_in = hidden_dim
 
         self.decoder = RTDETRv2TransformerDecoder(
-            num_layers, eval_idx, d_model=hidden_dim, n_head=num_heads,
+            num_layers, eval_idx, hidden_dim=hidden_dim, num_heads=num_heads,
             dim_feedforward=dim_feedforward, dropout=dropout, act_cfg=act_cfg,
-            n_levels=num_levels, n_points=list(num_points) if not isinstance(num_points, int)
-            else num_points, cross_attn_method=cross_attn_method, offset_scale=offset_scale)
-        if num_denoising > 0:
+            num_levels=num_levels,
+            num_points=list(num_points) if not isinstance(num_points, int) else num_points,
+            cross_attn_method=cross_attn_method, offset_scale=offset_scale)
+        if self.dn_cfg['num_denoising'] > 0:
             self.denoising_class_embed = nn.Embedding(num_classes + 1, hidden_dim,
                                                       padding_idx=num_classes)
         self.enc_output = nn.Sequential(OrderedDict([
@@ -231,11 +229,10 @@ class RTDETRv2Head(BaseModule):
         num_queries = min(self.num_queries, memory.shape[1])
 
         dn_content = dn_boxes_logit = attn_mask = dn_meta = None
-        if self.training and self.num_denoising > 0 and gt_labels is not None:
+        if self.training and self.dn_cfg['num_denoising'] > 0 and gt_labels is not None:
             dn_content, dn_boxes_logit, attn_mask, dn_meta = build_denoising_queries(
                 gt_labels, gt_boxes, self.num_classes, num_queries,
-                self.denoising_class_embed, self.num_denoising,
-                self.label_noise_ratio, self.box_noise_scale)
+                self.denoising_class_embed, **self.dn_cfg)
 
         content, ref_logit, enc_logits, enc_boxes = self._select_queries(
             memory, spatial_shapes, num_queries)

@@ -11,29 +11,30 @@ class AIFILayer(nn.Module):
     ``linear2``, ``norm1``, ``norm2``).
 
     Args:
-        d_model (int): Token channels.
-        nhead (int): Attention heads.
+        hidden_dim (int): Token channels.
+        num_heads (int): Attention heads.
         dim_feedforward (int): FFN width.
         dropout (float): Dropout in attention and FFN.
         act_cfg (dict): FFN activation (GELU officially).
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 1024,
+    def __init__(self, hidden_dim: int, num_heads: int, dim_feedforward: int = 1024,
                  dropout: float = 0.0,
                  act_cfg: ConfigType = dict(type='GELU')) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout, batch_first=True)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.self_attn = nn.MultiheadAttention(hidden_dim, num_heads, dropout, batch_first=True)
+        self.linear1 = nn.Linear(hidden_dim, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.linear2 = nn.Linear(dim_feedforward, hidden_dim)
+        self.norm1 = nn.LayerNorm(hidden_dim)
+        self.norm2 = nn.LayerNorm(hidden_dim)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
         self.activation = build_activation_layer(act_cfg)
 
     def forward(self, src: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
-        """(B, N, d_model) tokens and (1, N, d_model) position embedding -> (B, N, d_model)."""
+        """(B, N, hidden_dim) tokens and (1, N, hidden_dim) position embedding
+        -> (B, N, hidden_dim)."""
         q = k = src + pos_embed
         attended, _ = self.self_attn(q, k, value=src, need_weights=False)
         src = self.norm1(src + self.dropout1(attended))
@@ -49,7 +50,8 @@ class AIFIEncoder(nn.Module):
         self.layers = nn.ModuleList(AIFILayer(**layer_kwargs) for _ in range(num_layers))
 
     def forward(self, src: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
-        """(B, N, d_model) tokens, (1, N, d_model) position embedding -> (B, N, d_model)."""
+        """(B, N, hidden_dim) tokens and (1, N, hidden_dim) position embedding
+        -> (B, N, hidden_dim), through every layer."""
         for layer in self.layers:
             src = layer(src, pos_embed)
         return src

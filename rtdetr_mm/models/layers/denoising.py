@@ -8,6 +8,25 @@ from mmdet.models.layers.transformer import inverse_sigmoid
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
 
 
+#: Official denoising settings: the keys ``RTDETRv2Head``'s ``dn_cfg`` takes
+#: (the keyword arguments of :func:`build_denoising_queries`) and the values
+#: of those it leaves out.
+DN_CFG_DEFAULTS = dict(num_denoising=100, label_noise_ratio=0.5, box_noise_scale=1.0)
+
+
+def resolve_dn_cfg(dn_cfg: Optional[dict]) -> dict:
+    """``dn_cfg`` completed with :data:`DN_CFG_DEFAULTS`; None disables
+    denoising (``num_denoising=0``). Unknown keys are an error, so that a
+    misspelt setting does not silently keep its default."""
+    if dn_cfg is None:
+        return dict(DN_CFG_DEFAULTS, num_denoising=0)
+    unknown = sorted(set(dn_cfg) - set(DN_CFG_DEFAULTS))
+    if unknown:
+        raise ValueError(f'dn_cfg has unknown keys {unknown}; expected some of '
+                         f'{sorted(DN_CFG_DEFAULTS)}')
+    return dict(DN_CFG_DEFAULTS, **dn_cfg)
+
+
 @dataclass
 class DenoisingMeta:
     """Bookkeeping of one batch's denoising queries.

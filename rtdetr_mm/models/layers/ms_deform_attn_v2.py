@@ -87,7 +87,7 @@ class MSDeformableAttentionV2(nn.Module):
     ``output_proj`` and the buffer ``num_points_scale``).
 
     Args:
-        embed_dim (int): Channels of queries and values.
+        hidden_dim (int): Channels of queries and values.
         num_heads (int): Attention heads.
         num_levels (int): Feature levels sampled.
         num_points (int | list[int]): Sampling points per level; an int means
@@ -97,18 +97,18 @@ class MSDeformableAttentionV2(nn.Module):
         offset_scale (float): Offsets are ``raw / P_l * ref_wh * offset_scale``.
     """
 
-    def __init__(self, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 3,
+    def __init__(self, hidden_dim: int = 256, num_heads: int = 8, num_levels: int = 3,
                  num_points: Union[int, List[int]] = 4, method: str = 'default',
                  offset_scale: float = 0.5) -> None:
         super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(f'embed_dim {embed_dim} is not divisible by num_heads {num_heads}')
+        if hidden_dim % num_heads:
+            raise ValueError(f'hidden_dim {hidden_dim} is not divisible by num_heads {num_heads}')
         if isinstance(num_points, int):
             num_points = [num_points] * num_levels
         if len(num_points) != num_levels:
             raise ValueError(f'num_points {num_points} must give one count per level '
                              f'({num_levels} levels)')
-        self.embed_dim = embed_dim
+        self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.num_levels = num_levels
         self.num_points_list = list(num_points)
@@ -119,10 +119,10 @@ class MSDeformableAttentionV2(nn.Module):
             'num_points_scale',
             torch.tensor([1.0 / n for n in self.num_points_list for _ in range(n)],
                          dtype=torch.float32))
-        self.sampling_offsets = nn.Linear(embed_dim, num_heads * total_points * 2)
-        self.attention_weights = nn.Linear(embed_dim, num_heads * total_points)
-        self.value_proj = nn.Linear(embed_dim, embed_dim)
-        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        self.sampling_offsets = nn.Linear(hidden_dim, num_heads * total_points * 2)
+        self.attention_weights = nn.Linear(hidden_dim, num_heads * total_points)
+        self.value_proj = nn.Linear(hidden_dim, hidden_dim)
+        self.output_proj = nn.Linear(hidden_dim, hidden_dim)
         self.reset_parameters()
         if method == 'discrete':
             self.sampling_offsets.requires_grad_(False)
@@ -154,20 +154,20 @@ class MSDeformableAttentionV2(nn.Module):
 
         Args:
             query (Tensor): Queries (position embedding already added),
-                shape (B, num_queries, embed_dim).
+                shape (B, num_queries, hidden_dim).
             reference_boxes (Tensor): Reference boxes, cxcywh normalised to
                 the input image, shape (B, num_queries, 1, 4).
             value (Tensor): Flattened multi-level memory, shape
-                (B, sum(H_l*W_l), embed_dim).
+                (B, sum(H_l*W_l), hidden_dim).
             spatial_shapes (Sequence[tuple[int, int]]): (H_l, W_l) per level.
 
         Returns:
-            Tensor: Shape (B, num_queries, embed_dim).
+            Tensor: Shape (B, num_queries, hidden_dim).
         """
         bs, num_queries, _ = query.shape
         total_points = sum(self.num_points_list)
         value = self.value_proj(value).reshape(
-            bs, value.shape[1], self.num_heads, self.embed_dim // self.num_heads)
+            bs, value.shape[1], self.num_heads, self.hidden_dim // self.num_heads)
         offsets = self.sampling_offsets(query).reshape(
             bs, num_queries, self.num_heads, total_points, 2)
         weights = self.attention_weights(query).reshape(

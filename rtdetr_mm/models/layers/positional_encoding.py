@@ -2,14 +2,14 @@
 import torch
 
 
-def build_2d_sincos_position_embedding(w: int, h: int, embed_dim: int = 256,
+def build_2d_sincos_position_embedding(w: int, h: int, hidden_dim: int = 256,
                                        temperature: float = 10000.0,
                                        device=None) -> torch.Tensor:
-    """Fixed position embedding of an h x w feature map, shape (1, h*w, embed_dim),
+    """Fixed position embedding of an h x w feature map, shape (1, h*w, hidden_dim),
     tokens in row-major order (as the feature map is flattened).
 
     Channels are ``[sin(r*omega), cos(r*omega), sin(c*omega), cos(c*omega)]``
-    for row r and column c, ``omega_i = temperature ** (-i / (embed_dim/4))``,
+    for row r and column c, ``omega_i = temperature ** (-i / (hidden_dim/4))``,
     computed in float64 and returned in float32.
 
     NOTE: the official code flattens a (w, h) ``meshgrid(..., indexing='ij')``
@@ -19,9 +19,9 @@ def build_2d_sincos_position_embedding(w: int, h: int, embed_dim: int = 256,
     released checkpoint was trained at 640x640), and ours keeps the geometry
     right when fine-tuning at a non-square IMAGE_SIZE.
     """
-    if embed_dim % 4:
-        raise ValueError(f'embed_dim must be divisible by 4, got {embed_dim}')
-    pos_dim = embed_dim // 4
+    if hidden_dim % 4:
+        raise ValueError(f'hidden_dim must be divisible by 4, got {hidden_dim}')
+    pos_dim = hidden_dim // 4
     omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float64, device=device)
                                   / pos_dim)
     rows, cols = torch.meshgrid(torch.arange(int(h), dtype=torch.float64, device=device),

@@ -17,38 +17,38 @@ class RTDETRv2DecoderLayer(nn.Module):
     ``TransformerDecoderLayer``; submodule names match it.
 
     Args:
-        d_model (int): Query channels.
-        n_head (int): Heads of both attentions.
+        hidden_dim (int): Query channels.
+        num_heads (int): Heads of both attentions.
         dim_feedforward (int): FFN hidden width.
         dropout (float): Dropout after each block (0 in every official config).
         act_cfg (dict): FFN activation, ReLU officially.
-        n_levels (int): Feature levels for cross-attention.
-        n_points (int | list[int]): Sampling points per level.
+        num_levels (int): Feature levels for cross-attention.
+        num_points (int | list[int]): Sampling points per level.
         cross_attn_method (str): ``'default'`` or ``'discrete'``.
         offset_scale (float): See :class:`MSDeformableAttentionV2`.
     """
 
-    def __init__(self, d_model: int = 256, n_head: int = 8, dim_feedforward: int = 1024,
+    def __init__(self, hidden_dim: int = 256, num_heads: int = 8, dim_feedforward: int = 1024,
                  dropout: float = 0.0, act_cfg: ConfigType = dict(type='ReLU'),
-                 n_levels: int = 3,
-                 n_points: Union[int, List[int]] = 4, cross_attn_method: str = 'default',
+                 num_levels: int = 3,
+                 num_points: Union[int, List[int]] = 4, cross_attn_method: str = 'default',
                  offset_scale: float = 0.5) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, n_head, dropout=dropout,
+        self.self_attn = nn.MultiheadAttention(hidden_dim, num_heads, dropout=dropout,
                                                batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.cross_attn = MSDeformableAttentionV2(d_model, n_head, n_levels, n_points,
+        self.norm1 = nn.LayerNorm(hidden_dim)
+        self.cross_attn = MSDeformableAttentionV2(hidden_dim, num_heads, num_levels, num_points,
                                                   method=cross_attn_method,
                                                   offset_scale=offset_scale)
         self.dropout2 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.norm2 = nn.LayerNorm(hidden_dim)
+        self.linear1 = nn.Linear(hidden_dim, dim_feedforward)
         self.activation = build_activation_layer(act_cfg)
         self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear2 = nn.Linear(dim_feedforward, hidden_dim)
         self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(hidden_dim)
         nn.init.xavier_uniform_(self.linear1.weight)
         nn.init.xavier_uniform_(self.linear2.weight)
 
@@ -58,15 +58,15 @@ class RTDETRv2DecoderLayer(nn.Module):
                 query_pos: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            target (Tensor): Query content, shape (B, Nq, d_model).
+            target (Tensor): Query content, shape (B, Nq, hidden_dim).
             reference_boxes (Tensor): cxcywh normalised, shape (B, Nq, 1, 4).
-            memory (Tensor): Flattened encoder features, (B, sum(HW), d_model).
+            memory (Tensor): Flattened encoder features, (B, sum(HW), hidden_dim).
             spatial_shapes (Sequence[tuple[int, int]]): (H_l, W_l) per level.
             attn_mask (Tensor, optional): Bool (Nq, Nq), True = may NOT attend.
-            query_pos (Tensor): Query position embedding, (B, Nq, d_model).
+            query_pos (Tensor): Query position embedding, (B, Nq, hidden_dim).
 
         Returns:
-            Tensor: Updated queries, shape (B, Nq, d_model).
+            Tensor: Updated queries, shape (B, Nq, hidden_dim).
         """
         q = k = target + query_pos
         attended, _ = self.self_attn(q, k, value=target, attn_mask=attn_mask,
@@ -112,10 +112,10 @@ class RTDETRv2TransformerDecoder(nn.Module):
         """Run the layers, refining boxes after each one.
 
         Args:
-            target (Tensor): Initial query content, shape (B, Nq, d_model).
+            target (Tensor): Initial query content, shape (B, Nq, hidden_dim).
             ref_boxes_logit (Tensor): Initial boxes as logits of cxcywh
                 normalised coordinates, shape (B, Nq, 4) (already detached).
-            memory (Tensor): Flattened encoder features, (B, sum(HW), d_model).
+            memory (Tensor): Flattened encoder features, (B, sum(HW), hidden_dim).
             spatial_shapes (Sequence[tuple[int, int]]): (H_l, W_l) per level.
             bbox_heads (nn.ModuleList): One box MLP per layer.
             score_heads (nn.ModuleList): One class Linear per layer.

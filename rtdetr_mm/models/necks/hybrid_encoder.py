@@ -29,10 +29,8 @@ class RTDETRv2HybridEncoder(BaseModule):
 
     Args:
         in_channels (Sequence[int]): Backbone output channels.
-        feat_strides (Sequence[int]): Their strides (documentation; the FPN
-            assumes each level halves the previous).
         hidden_dim (int): Channels of every output map.
-        nhead (int): AIFI attention heads.
+        num_heads (int): AIFI attention heads.
         dim_feedforward (int): AIFI FFN width.
         dropout (float): AIFI dropout.
         enc_act_cfg (dict): AIFI FFN activation (mmcv's
@@ -43,24 +41,20 @@ class RTDETRv2HybridEncoder(BaseModule):
         expansion (float): CSPRepLayer hidden ratio.
         depth_mult (float): RepVGG blocks per CSPRepLayer = round(3 * depth_mult).
         act_cfg (dict): Activation of the CCFF conv blocks.
-        eval_spatial_size: Accepted for config compatibility with the official
-            code and ignored: position embeddings are built for the actual
-            feature size and cached.
         init_cfg (dict, optional): mmengine init config.
     """
 
     def __init__(self, in_channels: Sequence[int] = (512, 1024, 2048),
-                 feat_strides: Sequence[int] = (8, 16, 32), hidden_dim: int = 256,
-                 nhead: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
+                 hidden_dim: int = 256, num_heads: int = 8, dim_feedforward: int = 1024,
+                 dropout: float = 0.0,
                  enc_act_cfg: ConfigType = dict(type='GELU'),
                  use_encoder_idx: Sequence[int] = (2,),
                  num_encoder_layers: int = 1, pe_temperature: float = 10000.0,
                  expansion: float = 1.0, depth_mult: float = 1.0,
                  act_cfg: ConfigType = dict(type='SiLU'),
-                 eval_spatial_size=None, init_cfg=None) -> None:
+                 init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.in_channels = list(in_channels)
-        self.feat_strides = list(feat_strides)
         self.hidden_dim = hidden_dim
         self.use_encoder_idx = list(use_encoder_idx)
         self.num_encoder_layers = num_encoder_layers
@@ -68,18 +62,20 @@ class RTDETRv2HybridEncoder(BaseModule):
         self._pos_cache: Dict[tuple, torch.Tensor] = {}
         self.input_proj = nn.ModuleList(ConvNormLayer(c, hidden_dim, 1) for c in in_channels)
         self.encoder = nn.ModuleList(
-            AIFIEncoder(num_encoder_layers, d_model=hidden_dim, nhead=nhead,
+            AIFIEncoder(num_encoder_layers, hidden_dim=hidden_dim, num_heads=num_heads,
                         dim_feedforward=dim_feedforward, dropout=dropout, act_cfg=enc_act_cfg)
             for _ in self.use_encoder_idx)
         num_blocks = round(3 * depth_mult)
         num_levels = len(in_channels)
         self.lateral_convs = nn.ModuleList(
-            ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act_cfg=act_cfg) for _ in range(num_levels - 1))
+            ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act_cfg=act_cfg)
+            for _ in range(num_levels - 1))
         self.fpn_blocks = nn.ModuleList(
             CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act_cfg)
             for _ in range(num_levels - 1))
         self.downsample_convs = nn.ModuleList(
-            ConvNormLayer(hidden_dim, hidden_dim, 3, 2, act_cfg=act_cfg) for _ in range(num_levels - 1))
+            ConvNormLayer(hidden_dim, hidden_dim, 3, 2, act_cfg=act_cfg)
+            for _ in range(num_levels - 1))
         self.pan_blocks = nn.ModuleList(
             CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act_cfg)
             for _ in range(num_levels - 1))
