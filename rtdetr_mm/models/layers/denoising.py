@@ -62,6 +62,10 @@ def build_denoising_queries(
            Optional[DenoisingMeta]]:
     """Build noised GT queries, their attention mask and metadata.
 
+    Layout: ``num_groups`` groups of ``2 * max_gt`` queries; in each, the
+    positives (GT 0..max_gt-1 of the image, then padding) and the negatives
+    (the same GTs, noised further).
+
     Args:
         gt_labels (Sequence[Tensor]): Per image, labels in [0, num_classes),
             shape (n_i,).
@@ -87,60 +91,109 @@ def build_denoising_queries(
     denoising, as the official code does since its fix for DDP hangs
     (lyuwenyu/RT-DETR#684): every rank then runs the same graph and every
     parameter gets a gradient.
+
+    NOTE: mmdet's ``CdnQueryGenerator`` (DINO) has the same group count,
+    label flip probability and corner-noise formula, but is not reused:
+    its label embedding has ``num_classes`` rows and no padding row (the
+    official ``denoising_class_embed`` has ``num_classes + 1``, so keys and
+    shapes would change); it draws the noise on the concatenated GTs and
+    scatters them into the padded layout, with zero box logits in the
+    padding, while the official code draws it on the padded (B, max_gt)
+    layout (other random streams, padding boxes 0); it takes the box logits
+    with ``inverse_sigmoid(eps=1e-3)`` (official: 1e-5); it fixes the number
+    of matching queries when built (ours: ``min(num_queries, tokens)`` per
+    batch); it builds no query for a batch without GT (see the NOTE above);
+    and it reads pixel xyxy boxes from the data samples, normalised by
+    ``img_shape`` (ours: cxcywh normalised to ``batch_input_shape``).
     """
     if num_denoising <= 0:
         return None, None, None, None
     num_gts = [len(labels) for labels in gt_labels]
     device = class_embed.weight.device
-    bs = len(num_gts)
     max_gt = max(num_gts, default=0)
     # Empty batch: one group of 2 padding queries (see NOTE above).
     num_groups = max(num_denoising // max_gt, 1) if max_gt else 1
     max_gt = max(max_gt, 1)
 
-    query_class = torch.full((bs, max_gt), num_classes, dtype=torch.long, device=device)
-    query_boxes = torch.zeros((bs, max_gt, 4), device=device)
-    pad_gt_mask = torch.zeros((bs, max_gt), dtype=torch.bool, device=device)
-    for i, n in enumerate(num_gts):
-        if n:
-            query_class[i, :n] = gt_labels[i]
-            query_boxes[i, :n] = gt_boxes[i].to(query_boxes.dtype)
-            pad_gt_mask[i, :n] = True
-    # Every group = max_gt positives followed by max_gt negatives.
-    query_class = query_class.tile(1, 2 * num_groups)
-    query_boxes = query_boxes.tile(1, 2 * num_groups, 1)
-    pad_gt_mask = pad_gt_mask.tile(1, 2 * num_groups)
-    negative = torch.zeros((bs, 2 * max_gt, 1), device=device)
-    negative[:, max_gt:] = 1
-    negative = negative.tile(1, num_groups, 1)
+    query_class, query_boxes, pad_gt_mask, negative = _grouped_gts(
+        gt_labels, gt_boxes, num_classes, max_gt, num_groups, device)
     positive = (1 - negative).squeeze(-1) * pad_gt_mask
     positive_idx = torch.nonzero(positive)[:, 1].split([n * num_groups for n in num_gts])
     num_dn = 2 * max_gt * num_groups
 
     if label_noise_ratio > 0:
-        flip = torch.rand(query_class.shape, device=device) < label_noise_ratio * 0.5
-        random_labels = torch.randint_like(query_class, 0, num_classes)
-        query_class = torch.where(flip & pad_gt_mask, random_labels, query_class)
-
+        query_class = _noisy_labels(query_class, pad_gt_mask, num_classes, label_noise_ratio)
     if box_noise_scale > 0:
-        corners = bbox_cxcywh_to_xyxy(query_boxes)
-        half_wh = (query_boxes[..., 2:] * 0.5).tile(1, 1, 2) * box_noise_scale
-        sign = torch.randint_like(query_boxes, 0, 2) * 2.0 - 1.0
-        magnitude = torch.rand_like(query_boxes)
-        magnitude = (magnitude + 1.0) * negative + magnitude * (1 - negative)
-        corners = (corners + magnitude * sign * half_wh).clip(min=0.0, max=1.0)
-        query_boxes = bbox_xyxy_to_cxcywh(corners)
+        query_boxes = _noisy_boxes(query_boxes, negative, box_noise_scale)
     boxes_logit = inverse_sigmoid(query_boxes)
     content = class_embed(query_class)
-
-    size = num_dn + num_queries
-    attn_mask = torch.zeros((size, size), dtype=torch.bool, device=device)
-    attn_mask[num_dn:, :num_dn] = True  # matching queries cannot see denoising ones
-    group = 2 * max_gt
-    for g in range(num_groups):  # groups cannot see each other
-        rows = slice(group * g, group * (g + 1))
-        attn_mask[rows, group * (g + 1):num_dn] = True
-        attn_mask[rows, :group * g] = True
+    attn_mask = _denoising_attn_mask(num_dn, num_queries, 2 * max_gt, num_groups, device)
     meta = DenoisingMeta(positive_idx=list(positive_idx), num_groups=num_groups,
                          num_dn_queries=num_dn)
     return content, boxes_logit, attn_mask, meta
+
+
+def _grouped_gts(gt_labels: Sequence[torch.Tensor], gt_boxes: Sequence[torch.Tensor],
+                 num_classes: int, max_gt: int, num_groups: int, device: torch.device
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GTs padded to ``max_gt`` per image and repeated ``2 * num_groups``
+    times (every group = max_gt positives, then max_gt negatives).
+
+    Returns:
+        tuple: labels (B, Ndn) long (padding label ``num_classes``); cxcywh
+        boxes (B, Ndn, 4) (padding 0); real-GT mask (B, Ndn) bool; negative
+        mask (B, Ndn, 1) float, 1 on negatives. Ndn = 2 * max_gt * num_groups.
+    """
+    bs = len(gt_labels)
+    query_class = torch.full((bs, max_gt), num_classes, dtype=torch.long, device=device)
+    query_boxes = torch.zeros((bs, max_gt, 4), device=device)
+    pad_gt_mask = torch.zeros((bs, max_gt), dtype=torch.bool, device=device)
+    for i, labels in enumerate(gt_labels):
+        n = len(labels)
+        if n:
+            query_class[i, :n] = labels
+            query_boxes[i, :n] = gt_boxes[i].to(query_boxes.dtype)
+            pad_gt_mask[i, :n] = True
+    negative = torch.zeros((bs, 2 * max_gt, 1), device=device)
+    negative[:, max_gt:] = 1
+    return (query_class.tile(1, 2 * num_groups), query_boxes.tile(1, 2 * num_groups, 1),
+            pad_gt_mask.tile(1, 2 * num_groups), negative.tile(1, num_groups, 1))
+
+
+def _noisy_labels(query_class: torch.Tensor, pad_gt_mask: torch.Tensor, num_classes: int,
+                  label_noise_ratio: float) -> torch.Tensor:
+    """Replace each real GT label (B, Ndn) by a uniformly drawn class with
+    probability ``label_noise_ratio / 2``; padding keeps its label."""
+    flip = torch.rand(query_class.shape, device=query_class.device) < label_noise_ratio * 0.5
+    random_labels = torch.randint_like(query_class, 0, num_classes)
+    return torch.where(flip & pad_gt_mask, random_labels, query_class)
+
+
+def _noisy_boxes(query_boxes: torch.Tensor, negative: torch.Tensor,
+                 box_noise_scale: float) -> torch.Tensor:
+    """Move each corner of the cxcywh normalised boxes (B, Ndn, 4) by a random
+    sign times ``m * box_noise_scale`` half-sizes, m in [0, 1) for positives
+    and [1, 2) where ``negative`` (B, Ndn, 1) is 1; clipped to [0, 1] as
+    xyxy, returned cxcywh."""
+    corners = bbox_cxcywh_to_xyxy(query_boxes)
+    half_wh = (query_boxes[..., 2:] * 0.5).tile(1, 1, 2) * box_noise_scale
+    sign = torch.randint_like(query_boxes, 0, 2) * 2.0 - 1.0
+    magnitude = torch.rand_like(query_boxes)
+    magnitude = (magnitude + 1.0) * negative + magnitude * (1 - negative)
+    corners = (corners + magnitude * sign * half_wh).clip(min=0.0, max=1.0)
+    return bbox_xyxy_to_cxcywh(corners)
+
+
+def _denoising_attn_mask(num_dn: int, num_queries: int, group_size: int, num_groups: int,
+                         device: torch.device) -> torch.Tensor:
+    """Self-attention mask (num_dn + num_queries,)*2 bool, True = blocked:
+    matching queries cannot see denoising ones, and the ``num_groups``
+    denoising groups of ``group_size`` queries cannot see each other."""
+    size = num_dn + num_queries
+    attn_mask = torch.zeros((size, size), dtype=torch.bool, device=device)
+    attn_mask[num_dn:, :num_dn] = True
+    for g in range(num_groups):
+        rows = slice(group_size * g, group_size * (g + 1))
+        attn_mask[rows, group_size * (g + 1):num_dn] = True
+        attn_mask[rows, :group_size * g] = True
+    return attn_mask
