@@ -14,6 +14,7 @@ Mutation = namedtuple('Mutation', 'name claim edits tests')
 
 LOSS = 'rtdetr_mm/models/losses/rtdetrv2_cls_loss.py'
 HEAD = 'rtdetr_mm/models/dense_heads/rtdetrv2_head.py'
+HEAD_LOSS = 'rtdetr_mm/models/dense_heads/rtdetrv2_head_loss.py'
 MODEL_BASE = 'configs/_base_/models/rtdetrv2_r50vd.py'
 KNOBS_LOSS = 'tests/test_knobs_loss.py'
 KNOBS_RUNNER = 'tests/test_knobs_runner.py'
@@ -158,7 +159,7 @@ MUTATIONS = [
              ['tests/test_resume_exact.py::test_sigkill_and_resume_equals_uninterrupted_run']),
     Mutation('ddp-normaliser-unreduced',
              'the loss normaliser is the GT count averaged over ranks',
-             [(HEAD, 'return reduce_mean(count).clamp(min=1).item()',
+             [(HEAD_LOSS, 'return reduce_mean(count).clamp(min=1).item()',
                'return count.clamp(min=1).item()')],
              ['tests/test_dist_train.py::test_dist_train_two_cpu_ranks']),
     Mutation('permissive-allow-list',
