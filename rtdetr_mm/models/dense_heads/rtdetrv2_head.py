@@ -140,7 +140,6 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
                              f'({len(in_channels)})')
         self.num_classes = num_classes
         self.num_inputs = len(in_channels)
-        self.hidden_dim = hidden_dim
         self.num_levels = num_levels
         self.num_queries = num_queries
         self.dn_cfg = resolve_dn_cfg(dn_cfg)

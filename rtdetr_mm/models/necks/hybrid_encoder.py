@@ -1,5 +1,6 @@
 """RT-DETR(v2) hybrid encoder: AIFI on the top level + CCFF (FPN/PAN with
 CSP-RepVGG blocks)."""
+from functools import partial
 from typing import Dict, Sequence, Tuple
 
 import torch
@@ -65,20 +66,14 @@ class RTDETRv2HybridEncoder(BaseModule):
             AIFIEncoder(num_encoder_layers, hidden_dim=hidden_dim, num_heads=num_heads,
                         dim_feedforward=dim_feedforward, dropout=dropout, act_cfg=enc_act_cfg)
             for _ in self.use_encoder_idx)
-        num_blocks = round(3 * depth_mult)
-        num_levels = len(in_channels)
-        self.lateral_convs = nn.ModuleList(
-            ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act_cfg=act_cfg)
-            for _ in range(num_levels - 1))
-        self.fpn_blocks = nn.ModuleList(
-            CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act_cfg)
-            for _ in range(num_levels - 1))
-        self.downsample_convs = nn.ModuleList(
-            ConvNormLayer(hidden_dim, hidden_dim, 3, 2, act_cfg=act_cfg)
-            for _ in range(num_levels - 1))
-        self.pan_blocks = nn.ModuleList(
-            CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act_cfg)
-            for _ in range(num_levels - 1))
+        conv = partial(ConvNormLayer, hidden_dim, hidden_dim, act_cfg=act_cfg)
+        csp = partial(CSPRepLayer, hidden_dim * 2, hidden_dim, round(3 * depth_mult), expansion,
+                      act_cfg)
+        fusions = range(len(in_channels) - 1)  # top-down (FPN) and bottom-up (PAN) steps
+        self.lateral_convs = nn.ModuleList(conv(1, 1) for _ in fusions)
+        self.fpn_blocks = nn.ModuleList(csp() for _ in fusions)
+        self.downsample_convs = nn.ModuleList(conv(3, 2) for _ in fusions)
+        self.pan_blocks = nn.ModuleList(csp() for _ in fusions)
 
     def _pos_embed(self, h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
         key = (h, w, ref.device, ref.dtype)
