@@ -57,7 +57,7 @@ param_scheduler = [dict(_base_.param_scheduler[0], warmup_ratio=0.05)]
 
 default_hooks = dict(
     logger=dict(interval=10),                       # progress every 10 iterations
-    checkpoint=dict(interval=1, max_keep_ckpts=1))  # the newest + the best (EMA)
-# EMA only: no strong augmentation here, so no RTDETRv2AugSwitchHook.
-custom_hooks = [dict(_base_.custom_hooks[0], momentum=5e-3)]
+    checkpoint=dict(interval=1, max_keep_ckpts=1),  # the newest + the best (EMA)
+    ema=dict(momentum=5e-3),
+    aug_switch=None)  # no strong augmentation here: nothing to switch
 randomness = dict(seed=0)
