@@ -394,3 +394,29 @@ test_evaluator = val_evaluator
     ckpt = torch.load(osp.join(work, 'best_coco_bbox_mAP_iter_6.pth'), map_location='cpu',
                       weights_only=True)
     assert ckpt['meta']['iter'] == 6 and ckpt['meta']['epoch'] == 1
+
+
+# ------------------------------------------------------ named default hooks
+def test_named_default_hooks_override_and_turn_off_by_name(tmp_path, data):
+    """The EMA and aug-switch hooks are default_hooks entries: the base
+    config's (r18: stop 3 epochs before the end) are there, a child
+    overrides one key of one by name, and None turns one off (mmengine
+    alone asserts on None for names it does not define)."""
+    def hooks(runner):
+        return {type(h).__name__: h for h in runner.hooks}
+
+    # the tiny config turns both off (ema=None, aug_switch=None)
+    (tmp_path / 'off').mkdir()
+    (tmp_path / 'on').mkdir()
+    off = hooks(_runner(tmp_path / 'off', data))
+    assert 'RTDETRv2EMAHook' not in off and 'RTDETRv2AugSwitchHook' not in off
+    # the base config's entries, one key overridden by name
+    extra = "default_hooks = dict(ema=dict(type='RTDETRv2EMAHook', momentum=5e-3),\n" \
+            "                     aug_switch=dict(type='RTDETRv2AugSwitchHook'," \
+            " stop_epochs_before_end=2))"
+    on = hooks(_runner(tmp_path / 'on', data, extra=extra,
+                       options={'default_hooks.ema.warmup_steps': 7}))
+    assert on['RTDETRv2EMAHook'].ema_cfg['momentum'] == 5e-3
+    assert on['RTDETRv2EMAHook'].warmup_steps == 7
+    assert on['RTDETRv2AugSwitchHook'].stop_epochs_before_end == 2
+    assert sum(type(h).__name__ == 'RTDETRv2EMAHook' for h in on.values()) == 1

@@ -50,7 +50,8 @@ default_hooks = dict(
     # with warmup_steps=None, takes the LR warm-up length as EMA warm-up
     # (2000 unless WARMUP_RATIO is set). Validation, save_best and the saved
     # state_dict use the EMA weights, as the official code. Override by name:
-    # default_hooks = dict(ema=dict(momentum=...)); ema=None turns it off.
+    # default_hooks = dict(ema=dict(momentum=...)); ema=None turns it off
+    # (RTDETRv2Runner accepts None for every named default hook).
     ema=dict(type='RTDETRv2EMAHook',
              momentum=1e-4,        # 1 - official decay 0.9999
              warmup_steps=None,    # None: follow the LR warm-up

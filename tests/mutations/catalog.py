@@ -202,6 +202,12 @@ MUTATIONS = [
                "        '': load_from_local,\n        ('http://', 'https://'): load_from_http,",
                "        '': load_from_local,")],
              ['tests/test_checkpoint_safety.py::test_url_loaders_are_restricted']),
+    Mutation('named-default-hook-none-asserts',
+             'default_hooks.<name>=None turns off our named hooks (ema, aug_switch)',
+             [('rtdetr_mm/engine/runner/rtdetrv2_runner.py',
+               'if hook is not None or name in MMENGINE_DEFAULT_HOOKS}', 'if True}')],
+             ['tests/test_knobs_runner.py::'
+              'test_named_default_hooks_override_and_turn_off_by_name']),
     # ------------------------------------------------------ test hygiene
     Mutation('converter-imports-installed-package',
              'every tool runs the checkout it lives in (issue 9 hole 5)',

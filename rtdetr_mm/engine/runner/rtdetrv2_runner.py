@@ -1,19 +1,25 @@
 """The runner of rtdetr_mm configs: mmengine's Runner plus the run-time knobs."""
 import os
 import os.path as osp
-from typing import Optional
+from typing import Dict, Optional, Union
 
 from mmdet.registry import RUNNERS
 from mmengine.config import Config
 from mmengine.logging import print_log
+from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from .image_size import apply_image_size
 
+#: the default hooks mmengine 0.10's ``Runner.register_default_hooks`` defines
+#: itself (there a None entry removes one; for any other name it asserts)
+MMENGINE_DEFAULT_HOOKS = ('runtime_info', 'timer', 'sampler_seed', 'logger', 'param_scheduler',
+                          'checkpoint')
+
 
 @RUNNERS.register_module()
 class RTDETRv2Runner(Runner):
-    """mmengine's ``Runner`` with two additions.
+    """mmengine's ``Runner`` with three additions.
 
     1. ``from_cfg`` applies the knobs that must reach several places of the
        config *after* every child config and ``--cfg-options`` are merged:
@@ -24,6 +30,9 @@ class RTDETRv2Runner(Runner):
        leaves the previous file intact and no truncated ``<name>``. The
        temporary file is flushed to disk (``fsync``) before the rename, so
        the new name never points at data still in the page cache.
+    3. ``register_default_hooks``: ``default_hooks.<name> = None`` turns off
+       any named default hook, ours (``ema``, ``aug_switch``, ...) as well as
+       mmengine's own; mmengine asserts on None for names it does not define.
 
     Loading a checkpoint of another number of classes is the
     ``RTDETRv2ClassMismatchHook``'s (a default hook), not the runner's.
@@ -44,6 +53,15 @@ class RTDETRv2Runner(Runner):
             print_log(f'image_size: every Resize of the train/val/test pipelines set to '
                       f'(h, w) = {size}', logger='current')
         return super().from_cfg(cfg)
+
+    def register_default_hooks(self, hooks: Optional[Dict[str, Union[Hook, dict, None]]] = None
+                               ) -> None:
+        """mmengine's ``register_default_hooks``, where a None entry also
+        turns off a default hook that is not one of mmengine's own."""
+        if hooks is not None:
+            hooks = {name: hook for name, hook in hooks.items()
+                     if hook is not None or name in MMENGINE_DEFAULT_HOOKS}
+        super().register_default_hooks(hooks)
 
     def save_checkpoint(self, out_dir: str, filename: str,
                         file_client_args: Optional[dict] = None, save_optimizer: bool = True,
