@@ -148,7 +148,7 @@ CASES = {
         'WARNING [gt_exceeds_queries] image id 1 of'),
     'gt_over_denoising': (lambda p: write_coco(p, [_image(1)], [
         _ann(i + 1, 1, 1 + i % 2, [i % 90, i % 80, 10, 10]) for i in range(51)]), {}, 0,
-        'objects, more than model.bbox_head.num_denoising=50: a batch holding it gets 1 '
+        'objects, more than model.bbox_head.dn_cfg.num_denoising=50: a batch holding it gets 1 '
         'denoising group of 102 queries'),
     'tiny_objects': (lambda p: write_coco(p, [_image(1, w=400, h=400)], [
         _ann(1, 1, 1, [0, 0, 12, 12]), _ann(2, 1, 2, [0, 0, 200, 200])]), {}, 0,

@@ -20,7 +20,8 @@ from mmengine.registry import RUNNERS
 
 from rtdetr_mm.datasets import (DatasetPipelineError, DatasetValidationError, ImageLoadError,
                                 check_config_datasets, config_dataset_facts, validate_coco)
-from rtdetr_mm.datasets.validation import InputSize, ModelFacts, sanitize_box
+from rtdetr_mm.datasets.validation import (InputSize, ModelFacts, config_model_facts,
+                                          sanitize_box)
 # imported by module path: rtdetr_mm.engine.hooks may not export it yet
 from rtdetr_mm.engine.hooks.dataset_check_hook import RTDETRv2DatasetCheckHook  # noqa: F401
 from rtdetr_mm.engine.cli import load_config
@@ -206,7 +207,7 @@ def _config(ann_file, img_dir, classes=CLASSES, num_classes=2, wrap=None):
         dataset = dict(type='ConcatDataset', datasets=[dataset, dict(dataset, ann_file='x.json')])
     return Config(dict(
         model=dict(type='RTDETRv2', bbox_head=dict(num_classes=num_classes, num_queries=10,
-                                                   num_denoising=4)),
+                                                   dn_cfg=dict(num_denoising=4))),
         train_dataloader=dict(dataset=dataset),
         val_dataloader=dict(dataset=dict(dataset if wrap is None else dataset, test_mode=True))))
 
@@ -236,6 +237,15 @@ def test_config_facts_through_wrappers(tmp_path):
     assert [f.key for f in facts] == ['train_dataloader.dataset.datasets.0',
                                       'train_dataloader.dataset.datasets.1']
     assert facts[1].ann_file == 'x.json'
+
+
+def test_config_model_facts_read_the_head_and_its_dn_cfg(tmp_path):
+    """The budgets the checks compare against, with the keys they name."""
+    ann_file, img_dir = good_coco(tmp_path)
+    facts = config_model_facts(_config(ann_file, img_dir))
+    assert (facts.num_classes, facts.num_queries, facts.num_denoising) == (2, 10, 4)
+    assert facts.num_denoising_key == 'model.bbox_head.dn_cfg.num_denoising'
+    assert facts.num_queries_key == 'model.bbox_head.num_queries'
 
 
 # ---------------------------------------------------------------- boxes

@@ -77,13 +77,18 @@ def _join(root: str, path: Optional[str]) -> Optional[str]:
 
 def config_model_facts(cfg) -> ModelFacts:
     """num_classes / num_queries / num_denoising of ``cfg.model``, from the
-    head (``model.bbox_head``) or, for detectors that keep them there
-    (DINO's ``num_queries``), from ``model``."""
+    head (``model.bbox_head``; the denoising budget from its ``dn_cfg``, as
+    mmdet's DINO keeps it) or, for detectors that keep them there (DINO's
+    ``num_queries``), from ``model``."""
     model = _get(cfg, 'model') or {}
     head = _get(model, 'bbox_head') or {}
     facts = ModelFacts()
-    for name in ('num_classes', 'num_queries', 'num_denoising'):
-        for prefix, node in (('model.bbox_head', head), ('model', model)):
+    places = dict(num_classes=(('model.bbox_head', head), ('model', model)),
+                  num_queries=(('model.bbox_head', head), ('model', model)),
+                  num_denoising=(('model.bbox_head.dn_cfg', _get(head, 'dn_cfg') or {}),
+                                 ('model.dn_cfg', _get(model, 'dn_cfg') or {})))
+    for name, nodes in places.items():
+        for prefix, node in nodes:
             if _get(node, name) is not None:
                 setattr(facts, name, int(node[name]))
                 setattr(facts, f'{name}_key', f'{prefix}.{name}')

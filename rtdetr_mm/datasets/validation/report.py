@@ -94,7 +94,7 @@ class ModelFacts:
     num_denoising: Optional[int] = None
     num_classes_key: str = 'model.bbox_head.num_classes'
     num_queries_key: str = 'model.bbox_head.num_queries'
-    num_denoising_key: str = 'model.bbox_head.num_denoising'
+    num_denoising_key: str = 'model.bbox_head.dn_cfg.num_denoising'
 
 
 @dataclass
