@@ -9,7 +9,6 @@ registered and the checkpoint loads with the ``weights_only`` allow-list even
 when a config forgets ``custom_imports``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 import warnings
@@ -19,15 +18,12 @@ from copy import deepcopy
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import rtdetr_mm  # noqa: F401,E402
-from rtdetr_mm.engine.cli import load_config  # noqa: E402
-from rtdetr_mm.engine.dist import setup_cpu_distributed  # noqa: E402
+from rtdetr_mm.engine.cli import build_runner, load_config, parse_common_args  # noqa: E402
 from mmdet.engine.hooks.utils import trigger_visualization_hook  # noqa: E402
 from mmdet.evaluation import DumpDetResults  # noqa: E402
-from mmdet.registry import RUNNERS  # noqa: E402
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 from mmengine import ConfigDict  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -51,29 +47,8 @@ def parse_args(argv=None):
         'to the work_dir/timestamp/show_dir')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
     parser.add_argument('--tta', action='store_true')
-    # torch.distributed.launch passes --local-rank (torch>=2.0) or
-    # --local_rank; torchrun sets LOCAL_RANK instead.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return parse_common_args(parser, argv)
 
 
 def _use_tta(cfg: Config) -> Config:
@@ -132,13 +107,7 @@ def main(argv=None):
     # fewer repeated torch.compile recompilations
     setup_cache_size_limit_of_dynamo()
     cfg = build_cfg(args)
-    # --launcher without a GPU: gloo process group, CPU DDP wrapper, no
-    # SyncBN, $OMP_NUM_THREADS (1) threads per rank; a no-op with CUDA.
-    setup_cpu_distributed(cfg)
-    if 'runner_type' in cfg:
-        runner = RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg)
 
     if args.out is not None:
         # a metric that only dumps the predictions to a pickle file

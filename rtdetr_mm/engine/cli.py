@@ -1,8 +1,14 @@
 """Shared by tools/train.py and tools/test.py."""
+import argparse
+import os
 import os.path as osp
-from typing import Optional
+from typing import List, Optional
 
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from .dist import setup_cpu_distributed
 
 
 def load_config(config: str, launcher: str, cfg_options: Optional[dict],
@@ -19,3 +25,37 @@ def load_config(config: str, launcher: str, cfg_options: Optional[dict],
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
     return cfg
+
+
+def parse_common_args(parser: argparse.ArgumentParser,
+                      argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Add the arguments mmdet's train and test scripts share
+    (``--cfg-options``, ``--launcher``, ``--local-rank``), parse ``argv`` and
+    export ``LOCAL_RANK`` when the launcher did not."""
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override some settings in the used config, the key-value pair in xxx=yyy '
+        'format will be merged into config file. If the value to be overwritten is a list, '
+        'it should be like key="[a,b]" or key=a,b It also allows nested list/tuple values, '
+        'e.g. key="[(a,b),(c,d)]" Note that the quotation marks are necessary and that no '
+        'white space is allowed.')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch>=2.0) or
+    # --local_rank; torchrun sets LOCAL_RANK instead.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_runner(cfg: Config) -> Runner:
+    """The config's ``runner_type`` (``RTDETRv2Runner`` in our configs) or
+    mmengine's ``Runner``. Before: ``--launcher`` without a GPU gets a gloo
+    process group, the CPU DDP wrapper, no SyncBN and ``$OMP_NUM_THREADS``
+    (1) threads per rank (:func:`setup_cpu_distributed`; a no-op with CUDA)."""
+    setup_cpu_distributed(cfg)
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
