@@ -56,7 +56,7 @@ train_cfg = dict(max_epochs=max_epochs)
 optim_wrapper = dict(
     optimizer=dict(lr=1e-4),  # LEARNING_RATE (head); WEIGHT_DECAY: 1e-4 inherited
     paramwise_cfg=dict(_delete_=True, groups=[
-        dict(regex=r'^backbone\..*(norm|bn)', lr_mult=0.1, decay_mult=0.0),
+        # (the r50 backbone's norms are frozen: they have no parameters)
         dict(regex=r'^backbone\.', lr_mult=0.1),
         dict(regex=r'(norm|bn)', decay_mult=0.0),
     ]))

@@ -1,4 +1,5 @@
 """Regex parameter groups, as the official RT-DETRv2 optimizer configs."""
+import logging
 import re
 from typing import List, Optional
 
@@ -43,14 +44,24 @@ class RTDETRv2OptimWrapperConstructor(DefaultOptimWrapperConstructor):
             groups[i]['lr'] = self.base_lr * rule.get('lr_mult', 1.0)
             if self.base_wd is not None:
                 groups[i]['weight_decay'] = self.base_wd * rule.get('decay_mult', 1.0)
+        named_anything = [False] * len(self.group_rules)
         for name, param in module.named_parameters():
-            if not param.requires_grad:
-                continue
             index = next((i for i, rule in enumerate(self.group_rules)
                           if rule['pattern'].search(name)), len(self.group_rules))
-            groups[index]['params'].append(param)
+            if index < len(self.group_rules):
+                named_anything[index] = True
+            if param.requires_grad:
+                groups[index]['params'].append(param)
         summary = ', '.join(f"{rule['regex']!r}: {len(g['params'])}"
                             for rule, g in zip(self.group_rules, groups))
         print_log(f'RTDETRv2 parameter groups: {summary}, default: {len(groups[-1]["params"])}',
                   logger='current')
+        # a rule whose parameters are all frozen is fine; one that names no
+        # parameter at all is most likely a typo
+        for rule, hit in zip(self.group_rules, named_anything):
+            if not hit:
+                print_log(f"optim_wrapper.paramwise_cfg.groups: regex {rule['regex']!r} matches "
+                          'no parameter name of the model (before an earlier rule takes it); '
+                          'its parameters, if any, train with the base lr / weight decay',
+                          logger='current', level=logging.WARNING)
         params.extend(g for g in groups if g['params'])

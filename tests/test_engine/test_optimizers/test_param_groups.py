@@ -13,9 +13,10 @@ Two independent references:
 
 Plus, on a small hand-made module: first match wins on overlapping rules,
 frozen parameters stay out, every parameter is in exactly one group, a rule
-that matches nothing is reported (today: one info line with the per-rule
-counts, the rule's count 0, no empty group, no error), malformed rules are
-refused.
+that names no parameter is reported (the info line with the per-rule
+counts shows 0, and a warning names the regex; a rule whose parameters are
+all frozen gets no warning), makes no empty group and is no error; malformed
+rules are refused.
 """
 import glob
 import logging
@@ -278,7 +279,8 @@ def test_search_not_match_semantics():
 def test_rule_matching_nothing_is_reported_and_makes_no_group(current_log):
     model = _Toy()
     rules = [dict(regex=r'^no_such_module\.', lr_mult=0.1),
-             dict(regex=r'(norm|bn)', decay_mult=0.0)]
+             dict(regex=r'(norm|bn)', decay_mult=0.0),
+             dict(regex=r'^backbone\.stem', lr_mult=0.5)]  # frozen parameters only
     optimizer = _build(dict(OPTIM, paramwise_cfg=dict(groups=rules)), model).optimizer
     # no empty group: the norms' group and the default group only
     assert _memberships(optimizer.param_groups, model) == [
@@ -286,12 +288,18 @@ def test_rule_matching_nothing_is_reported_and_makes_no_group(current_log):
         ['backbone.conv.bias', 'backbone.conv.weight', 'bbox_head.embed.weight',
          'bbox_head.fc.bias', 'bbox_head.fc.weight', 'neck.proj.bias', 'neck.proj.weight']]
     # reported: one line with every rule's count (0 for the dead rule) and the default's
-    lines = [r.getMessage() for r in current_log.records if r.levelno >= logging.INFO]
+    lines = [r.getMessage() for r in current_log.records if r.levelno == logging.INFO]
     summary = [line for line in lines if 'no_such_module' in line]
     assert len(summary) == 1, lines
     assert f"{rules[0]['regex']!r}: 0" in summary[0]
     assert f"{rules[1]['regex']!r}: 4" in summary[0]
+    assert f"{rules[2]['regex']!r}: 0" in summary[0]
     assert 'default: 7' in summary[0]
+    # a regex that names no parameter (a typo?) is a warning; one whose
+    # parameters are all frozen is not
+    warnings = [r.getMessage() for r in current_log.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"regex {rules[0]['regex']!r} matches no parameter name" in warnings[0]
 
 
 def test_all_rules_empty_leaves_one_default_group():
