@@ -83,7 +83,8 @@ class RTDETRv2CheckpointHook(CheckpointHook):
         runner.save_checkpoint(self.out_dir, filename, self.file_client_args,
                                save_optimizer=self.save_optimizer,
                                save_param_scheduler=self.save_param_scheduler,
-                               meta=meta, by_epoch=by_epoch, backend_args=self.backend_args)
+                               meta=meta, by_epoch=by_epoch, backend_args=self.backend_args,
+                               **self.args)  # extra hook arguments, as mmengine passes them
         if is_main_process():
             pointer = osp.join(runner.work_dir, 'last_checkpoint')
             with open(pointer + '.tmp', 'w') as f:
