@@ -23,7 +23,7 @@ test-random: install
 # Every test file alone, in its own pytest process (no test may rely on
 # another file having run first).
 test-isolated: install
-	@failed=0; for f in tests/test_*.py; do \
+	@failed=0; for f in $$(find tests -name "test_*.py" | sort); do \
 		echo "== $$f"; \
 		$(PYTHON) -m pytest $$f -q -x --timeout=$(PYTEST_TIMEOUT) || failed=1; \
 	done; exit $$failed

@@ -1,14 +1,7 @@
-import os.path as osp
 import random
-import sys
 
 import numpy as np
 import pytest
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-for path in (ROOT, osp.dirname(osp.abspath(__file__))):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
 
 @pytest.fixture(autouse=True, scope='session')

@@ -2,7 +2,7 @@
 
 Every command-line tool puts its own checkout first on ``sys.path``, so
 ``python tools/X.py`` never picks up an installed (or otherwise shadowing)
-``rtdetr_mm``; and the tests' subprocess helper (tests/checkout.py) makes a
+``rtdetr_mm``; and the tests' subprocess helper (rtdetr_mm/testing/checkout.py) makes a
 child that imported ``rtdetr_mm`` from elsewhere fail with status 97.
 """
 import glob
@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from checkout import CHILD_SITE, EXIT_WRONG_CHECKOUT, ROOT, checkout_env
+from rtdetr_mm.testing.checkout import CHILD_SITE, EXIT_WRONG_CHECKOUT, ROOT, checkout_env
 
 TOOLS = sorted(p for p in glob.glob(osp.join(ROOT, 'tools', '**', '*.py'), recursive=True))
 

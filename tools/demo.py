@@ -15,7 +15,7 @@ the training loss and the validation mAP. It ends by printing the final
 metrics and the paths of the images and the plot.
 
 ``--num-train/--num-val/--epochs`` and ``--cfg-options`` shorten the run
-(tests/test_demo.py runs it on a few tiny images).
+(tests/test_tools/test_demo.py runs it on a few tiny images).
 """
 import argparse
 import glob
@@ -29,7 +29,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import rtdetr_mm  # noqa: E402,F401
-from rtdetr_mm.datasets import make_synthetic_coco  # noqa: E402
+from rtdetr_mm.testing.synthetic import make_synthetic_coco  # noqa: E402
 from rtdetr_mm.engine.cli import load_config  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402

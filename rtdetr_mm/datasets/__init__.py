@@ -1,6 +1,4 @@
 from .coco import DatasetPipelineError, RTDETRv2CocoDataset
-from .synthetic import (DEFAULT_CLASSES, KNOWN_SHAPES, SHAPES_CLASSES, make_shapes_dataset,
-                        make_synthetic_coco)
 from .transforms import ImageLoadError, RTDETRv2LoadImageFromFile
 from .validation import (DatasetValidationError, ValidationReport, check_config_datasets,
                          config_dataset_facts, config_model_facts, validate_coco,
@@ -9,7 +7,5 @@ from .validation import (DatasetValidationError, ValidationReport, check_config_
 __all__ = [
     'DatasetPipelineError', 'RTDETRv2CocoDataset', 'ImageLoadError', 'RTDETRv2LoadImageFromFile',
     'DatasetValidationError', 'ValidationReport', 'check_config_datasets', 'config_dataset_facts',
-    'config_model_facts', 'validate_coco', 'validate_coco_dict', 'validate_config',
-    'DEFAULT_CLASSES', 'KNOWN_SHAPES', 'SHAPES_CLASSES', 'make_shapes_dataset',
-    'make_synthetic_coco'
+    'config_model_facts', 'validate_coco', 'validate_coco_dict', 'validate_config'
 ]

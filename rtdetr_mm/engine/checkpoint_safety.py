@@ -13,7 +13,7 @@ mmengine ``Runner`` checkpoint contains. They were found by training a tiny
 mmdet detector with the Runner (epoch- and iteration-based loops, validation
 with ``save_best``, ``EMAHook``, ``max_keep_ckpts``) and listing
 ``torch.serialization.get_unsafe_globals_in_checkpoint`` of what it saved
-(see ``tests/test_checkpoint_safety.py``). Everything else in such a
+(see ``tests/test_engine/test_checkpoint_safety.py``). Everything else in such a
 checkpoint (``OrderedDict`` state dicts, tensors, optimizer and scheduler
 states, ``meta`` with the config as a *string*, ``dataset_meta``) is already
 allowed by torch. The globals are:

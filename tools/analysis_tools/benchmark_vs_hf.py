@@ -20,12 +20,11 @@ import time
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, osp.join(ROOT, 'tests'))
 
 
 def _build(impl, size, device, workdir):
     import torch
-    from hf_reference import SIZES, build_hf_model
+    from rtdetr_mm.testing.hf_reference import SIZES, build_hf_model
     torch.manual_seed(0)
     hf = build_hf_model(size, seed=0)
     if impl == 'hf':

@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 import importlib.util  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location(
-    'rtdetr_mm_synthetic', osp.join(ROOT, 'rtdetr_mm', 'datasets', 'synthetic.py'))
+    'rtdetr_mm_synthetic', osp.join(ROOT, 'rtdetr_mm', 'testing', 'synthetic.py'))
 synthetic = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(synthetic)
 

@@ -1,6 +1,6 @@
 # The bundled synthetic shapes dataset (COCO format, generated without any
 # download by `python tools/misc/make_demo_data.py`, i.e.
-# `rtdetr_mm.datasets.make_synthetic_coco('data/shapes')`): 400 training and
+# `rtdetr_mm.testing.synthetic.make_synthetic_coco('data/shapes')`): 400 training and
 # 100 validation images of 256-320 px with 0-8 objects of 5 shape classes
 # (8 px up to 40% of the image, clutter, overlap, ~10% without objects).
 #
@@ -24,7 +24,7 @@ dataset_type = 'RTDETRv2CocoDataset'
 data_root = 'data/shapes/'  # made by tools/misc/make_demo_data.py (git-ignored)
 backend_args = None         # file client arguments (None: local disk)
 
-# rtdetr_mm.datasets.synthetic.DEFAULT_CLASSES, in category-id order (1..5).
+# rtdetr_mm.testing.synthetic.DEFAULT_CLASSES, in category-id order (1..5).
 classes = ('circle', 'square', 'triangle', 'ring', 'cross')
 num_classes = len(classes)  # for the heads of the configs that use this file
 metainfo = dict(classes=classes)

@@ -27,7 +27,7 @@ is interrupted (even with SIGKILL) and resumed with ``--resume`` from any
 checkpoint written by ``RTDETRv2CheckpointHook`` (epoch, mid-epoch
 ``iter_<n>.pth`` or best) ends with bit-identical weights, EMA weights,
 optimizer and scheduler states to a run that was never interrupted (same
-device, same thread count; ``tests/test_resume_exact.py``).
+device, same thread count; ``tests/test_engine/test_resume_exact.py``).
 
 What is not bit-identical:
 

@@ -33,7 +33,7 @@ from mmengine.logging import MMLogger
 
 import rtdetr_mm  # noqa: F401  (registers the constructor)
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+from rtdetr_mm.testing import ROOT
 CONSTRUCTOR = 'RTDETRv2OptimWrapperConstructor'
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'rtdetrv2*', '*.py')))
 

@@ -17,7 +17,7 @@ boxes and ``deformable_attention_core_func_v2``, method ``default``):
 
 Loops over batch, query, head, level and point with scalar arithmetic:
 no grid_sample, no call into the module under test for the expected value.
-``tests/test_ms_deform_attn_discrete.py`` covers ``method='discrete'``.
+``tests/test_models/test_layers/test_ms_deform_attn_discrete.py`` covers ``method='discrete'``.
 """
 import math
 

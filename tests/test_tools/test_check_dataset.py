@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from checkout import checkout_env
-from rtdetr_mm.datasets import DEFAULT_CLASSES, make_synthetic_coco
+from rtdetr_mm.testing.checkout import checkout_env
+from rtdetr_mm.testing.synthetic import DEFAULT_CLASSES, make_synthetic_coco
 from test_dataset_validation import _ann, _image, good_coco, write_coco
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 TOOL = osp.join(ROOT, 'tools', 'misc', 'check_dataset.py')
 DEMO = osp.join(ROOT, 'configs', 'rtdetrv2_demo', 'rtdetrv2_r18vd-demo_1xb4-12e_shapes.py')
 CLASSES = ('square', 'disk')

@@ -22,9 +22,9 @@ from rtdetr_mm.engine.checkpoint_safety import safe_load_checkpoint
 from rtdetr_mm.engine.cli import load_config
 from rtdetr_mm.engine.hooks import (NonFiniteLossError, NonFiniteWeightsError,
                                     RTDETRv2NonFiniteLossHook, agree_nonfinite)
-from tiny_coco import make_tiny_coco, tiny_config
+from rtdetr_mm.testing.tiny_coco import make_tiny_coco, tiny_config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 
 pytestmark = pytest.mark.timeout(300)

@@ -9,9 +9,9 @@ import pickle
 
 import pytest
 import torch
-from tiny_mmdet import make_coco, tiny_cfg
+from rtdetr_mm.testing.tiny_mmdet import make_coco, tiny_cfg
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 
 
 def _load_tool(name):

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from checkout import checkout_env
+from rtdetr_mm.testing.checkout import checkout_env
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 CONFIG = 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py'
 # The README shows these two lines (README.md, "Inference"); the test runs
 # them with its own checkpoint, image and output folder in place of

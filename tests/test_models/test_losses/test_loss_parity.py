@@ -6,8 +6,8 @@ import pytest
 import torch
 from mmdet.structures.bbox import bbox_xyxy_to_cxcywh
 
-from hf_reference import build_hf_model
-from model_utils import ROOT, build_model, data_samples, random_gts
+from rtdetr_mm.testing.hf_reference import build_hf_model
+from rtdetr_mm.testing.model_utils import ROOT, build_model, data_samples, random_gts
 
 SHAPE = (256, 320)  # non-square on purpose
 

@@ -9,9 +9,9 @@ import sys
 import cv2
 import pytest
 
-from checkout import checkout_env
+from rtdetr_mm.testing.checkout import checkout_env
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 
 
 @pytest.mark.timeout(400)

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from model_utils import build_model
+from rtdetr_mm.testing.model_utils import build_model
 
 
 def test_official_head_initialisation():

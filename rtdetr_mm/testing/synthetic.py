@@ -391,7 +391,7 @@ def make_synthetic_coco(out_dir: str, num_train: int = 400, num_val: int = 100,
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     tmp = paths['manifest'] + '.tmp'
     with open(tmp, 'w') as f:
-        json.dump(dict(generator='rtdetr_mm.datasets.synthetic', params=params,
+        json.dump(dict(generator='rtdetr_mm.testing.synthetic', params=params,
                        dataset_sha256=digest, files=files), f, indent=1, sort_keys=True)
     os.replace(tmp, paths['manifest'])
     return paths

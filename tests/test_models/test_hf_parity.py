@@ -9,11 +9,11 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from checkout import checkout_env
-from hf_reference import (SIZES, build_hf_model, compare_detections, hf_detections,
+from rtdetr_mm.testing.checkout import checkout_env
+from rtdetr_mm.testing.hf_reference import (SIZES, build_hf_model, compare_detections, hf_detections,
                           make_image, topk_gap)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 SCORE_TOL, BOX_TOL = 5e-4, 0.05
 
 

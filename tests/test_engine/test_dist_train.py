@@ -32,11 +32,11 @@ from mmengine.config import Config
 from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
 
-from checkout import checkout_env
+from rtdetr_mm.testing.checkout import checkout_env
 from rtdetr_mm.engine.dist import setup_cpu_distributed
-from tiny_coco import make_tiny_coco, tiny_config
+from rtdetr_mm.testing.tiny_coco import make_tiny_coco, tiny_config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 TIMEOUT_S = 240
 
@@ -50,7 +50,7 @@ BATCH_SIZE = 2
 NUM_ITERS = len(RANK_INDICES[0]) // BATCH_SIZE
 
 PROBE = '''
-"""Test-only sampler, head and hook for tests/test_dist_train.py."""
+"""Test-only sampler, head and hook for tests/test_engine/test_dist_train.py."""
 import hashlib
 import os.path as osp
 
@@ -104,7 +104,7 @@ def _params_hash(model):
 
 @HOOKS.register_module()
 class DistProbeHook(Hook):
-    """Saves per rank and iteration what tests/test_dist_train.py checks."""
+    """Saves per rank and iteration what tests/test_engine/test_dist_train.py checks."""
 
     def __init__(self, out_dir):
         self.out_dir = out_dir

@@ -8,7 +8,8 @@ from mmdet.structures.bbox import HorizontalBoxes
 from mmengine.config import Config
 from mmengine.structures import InstanceData
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from . import ROOT
+
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 
 

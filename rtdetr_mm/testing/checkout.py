@@ -1,9 +1,11 @@
 """Run Python children (tools, training subprocesses) on the checkout under
 test, never on an installed copy of rtdetr_mm.
 
-``checkout_env`` puts this checkout (and ``tests/``) first on ``PYTHONPATH``
-and ``tests/child_site`` before them, whose ``sitecustomize`` makes every
-child exit with status 97 if it imported ``rtdetr_mm`` from anywhere else.
+``checkout_env`` puts this checkout first on ``PYTHONPATH`` and
+``rtdetr_mm/testing/child_site`` before it, whose ``sitecustomize`` makes
+every child exit with status 97 if it imported ``rtdetr_mm`` from anywhere
+else. A test whose children import its own module (``custom_imports``)
+passes its folder in ``extra_paths``.
 """
 import os
 import os.path as osp
@@ -11,9 +13,9 @@ import subprocess
 import sys
 from typing import Dict, Iterable, Optional, Sequence
 
-TESTS = osp.dirname(osp.abspath(__file__))
-ROOT = osp.dirname(TESTS)
-CHILD_SITE = osp.join(TESTS, 'child_site')
+from . import ROOT
+
+CHILD_SITE = osp.join(osp.dirname(osp.abspath(__file__)), 'child_site')
 EXIT_WRONG_CHECKOUT = 97
 
 
@@ -31,7 +33,7 @@ def checkout_env(threads: Optional[int] = 1, extra_paths: Iterable[str] = (),
     """
     env = {k: v for k, v in os.environ.items()
            if not any(k.startswith(prefix) for prefix in ('TORCH_FORCE', *drop))}
-    paths = [CHILD_SITE, ROOT, TESTS, *extra_paths]
+    paths = [CHILD_SITE, ROOT, *extra_paths]
     if env.get('PYTHONPATH'):
         paths.append(env['PYTHONPATH'])
     env['PYTHONPATH'] = os.pathsep.join(paths)

@@ -36,10 +36,10 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
 from rtdetr_mm.engine.checkpoint_safety import safe_load_checkpoint
-from checkout import checkout_env, popen_python
-from tiny_coco import make_tiny_coco, register_improving_metric, tiny_config
+from rtdetr_mm.testing.checkout import checkout_env, popen_python
+from rtdetr_mm.testing.tiny_coco import make_tiny_coco, register_improving_metric, tiny_config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 KILL_ENV = 'RTDETR_TEST_KILL_AT_ITER'
 
@@ -80,7 +80,8 @@ custom_hooks = [dict(type='_KillAtIterHook')]
 
 
 def _start(args, kill_at=None):
-    env = checkout_env(drop=[KILL_ENV])
+    # the children import this module by name (custom_imports)
+    env = checkout_env(drop=[KILL_ENV], extra_paths=[osp.dirname(osp.abspath(__file__))])
     if kill_at is not None:
         env[KILL_ENV] = str(kill_at)
     return popen_python(['tools/train.py'] + args, env=env)

@@ -4,10 +4,10 @@ import glob
 import json
 import os.path as osp
 
-from checkout import checkout_env, run_python
-from tiny_coco import make_tiny_coco, tiny_config
+from rtdetr_mm.testing.checkout import checkout_env, run_python
+from rtdetr_mm.testing.tiny_coco import make_tiny_coco, tiny_config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 
 

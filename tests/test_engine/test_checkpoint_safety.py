@@ -12,7 +12,7 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
-from tiny_mmdet import make_coco, tiny_cfg
+from rtdetr_mm.testing.tiny_mmdet import make_coco, tiny_cfg
 
 import rtdetr_mm  # noqa: F401  (registers the allow-list)
 from rtdetr_mm.engine.checkpoint_safety import (safe_global_names,
@@ -75,8 +75,8 @@ print(json.dumps(dict(modules=modules, tools=sorted(namespaces), forced=forced,
 def _config_and_payload(tmp_path, checkpoint):
     """(checkout root, a tiny r18 config, the file the payload would create,
     a checkpoint ``checkpoint`` plus an entry that pickles os.system)."""
-    from tiny_coco import make_tiny_coco, tiny_config
-    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    from rtdetr_mm.testing.tiny_coco import make_tiny_coco, tiny_config
+    from rtdetr_mm.testing import ROOT as root
     data = make_tiny_coco(str(tmp_path / 'data'), num_images=2, size=(64, 64))
     config = tiny_config(
         str(tmp_path / 'cfg.py'),
@@ -100,7 +100,7 @@ def test_importing_everything_leaves_weights_only_on(tmp_path):
     import subprocess
     import sys
 
-    from checkout import checkout_env
+    from rtdetr_mm.testing.checkout import checkout_env
     root, config, marker, evil = _config_and_payload(tmp_path, {'state_dict': {}})
     proc = subprocess.run(
         [sys.executable, '-c', _IMPORT_EVERYTHING, root, config, str(tmp_path / 'work'), evil],
@@ -156,7 +156,7 @@ def test_source_never_disables_weights_only():
     import ast
     import glob
     import re
-    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    from rtdetr_mm.testing import ROOT as root
     python_files = sorted(
         glob.glob(osp.join(root, 'rtdetr_mm', '**', '*.py'), recursive=True)
         + glob.glob(osp.join(root, 'tools', '**', '*.py'), recursive=True))
@@ -359,7 +359,7 @@ def test_pickled_callable_refused_by_every_entry_point(tmp_path):
     converter, each in its own process with no TORCH_FORCE* variable: exit
     code != 0, the message names the file and the global, the payload never
     ran. The four processes run side by side, each with a hard timeout."""
-    from checkout import popen_python
+    from rtdetr_mm.testing.checkout import popen_python
     root, config, marker, evil = _config_and_payload(
         tmp_path, {'meta': {'epoch': 0, 'iter': 0}, 'state_dict': {}})
     work = str(tmp_path / 'work')

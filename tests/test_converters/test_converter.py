@@ -5,10 +5,10 @@ import os.path as osp
 import pytest
 import torch
 
-from checkout import run_python
-from hf_reference import build_hf_model
+from rtdetr_mm.testing.checkout import run_python
+from rtdetr_mm.testing.hf_reference import build_hf_model
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 TOOL = osp.join(ROOT, 'tools/model_converters/rtdetrv2_to_mmdet.py')
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 R34 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r34vd_4xb4-120e_coco.py')

@@ -10,7 +10,7 @@ optim_wrapper.optimizer.weight_decay, WARMUP_RATIO param_scheduler.0.warmup_rati
 USE_BF16/USE_FP16 optim_wrapper.type/dtype, IMAGE_SIZE image_size,
 EVAL_RATE_EPOCHS train_cfg.val_interval.
 
-Runners are built in-process from real child configs (tests/tiny_coco.py) and
+Runners are built in-process from real child configs (rtdetr_mm/testing/tiny_coco.py) and
 ``--cfg-options``-style dicts merged with ``Config.merge_from_dict``, exactly
 as tools/train.py does.
 """
@@ -30,9 +30,9 @@ from mmengine.registry import RUNNERS
 
 import rtdetr_mm  # noqa: F401
 from rtdetr_mm.engine.cli import load_config
-from tiny_coco import make_tiny_coco, tiny_config
+from rtdetr_mm.testing.tiny_coco import make_tiny_coco, tiny_config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 R50 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r50vd_4xb4-72e_coco.py')
 

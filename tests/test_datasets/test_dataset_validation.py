@@ -25,11 +25,11 @@ from rtdetr_mm.datasets.validation import (InputSize, ModelFacts, config_model_f
 # imported by module path: rtdetr_mm.engine.hooks may not export it yet
 from rtdetr_mm.engine.hooks.dataset_check_hook import RTDETRv2DatasetCheckHook  # noqa: F401
 from rtdetr_mm.engine.cli import load_config
-from tiny_coco import tiny_config
+from rtdetr_mm.testing.tiny_coco import tiny_config
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 CLASSES = ('square', 'disk')
 PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True),

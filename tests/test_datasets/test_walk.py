@@ -88,7 +88,7 @@ def test_pipeline_owners_of_built_wrappers():
 def test_onnx_input_size_follows_the_config(tmp_path):
     """The export's default input size is the test pipeline's Resize after
     the image_size knob; a bad size names the key."""
-    from model_utils import R18
+    from rtdetr_mm.testing.model_utils import R18
 
     from rtdetr_mm.deployment.onnx_export import config_input_size, export_onnx
     child = tmp_path / 'child.py'

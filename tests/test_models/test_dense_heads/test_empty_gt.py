@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model_utils import build_model, data_samples, random_gts
+from rtdetr_mm.testing.model_utils import build_model, data_samples, random_gts
 
 SHAPE = (128, 160)
 

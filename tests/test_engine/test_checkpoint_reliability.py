@@ -30,10 +30,10 @@ from mmengine.registry import RUNNERS
 import rtdetr_mm  # noqa: F401
 from rtdetr_mm.engine.checkpoint_safety import CorruptCheckpointError, safe_load_checkpoint
 from rtdetr_mm.engine.cli import load_config
-from checkout import checkout_env, popen_python
-from tiny_coco import make_tiny_coco, register_improving_metric, tiny_config
+from rtdetr_mm.testing.checkout import checkout_env, popen_python
+from rtdetr_mm.testing.tiny_coco import make_tiny_coco, register_improving_metric, tiny_config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 KILL_ENV = 'RTDETR_TEST_KILL_ON_SAVE'
 
@@ -90,7 +90,8 @@ def _config(tmp_path, data, name='cfg.py', extra=EXTRA):
 
 
 def _start(args, kill_prefix=None):
-    env = checkout_env(drop=[KILL_ENV])
+    # the children import this module by name (custom_imports)
+    env = checkout_env(drop=[KILL_ENV], extra_paths=[osp.dirname(osp.abspath(__file__))])
     if kill_prefix:
         env[KILL_ENV] = kill_prefix
     return popen_python(['tools/train.py'] + args, env=env)

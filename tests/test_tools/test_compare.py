@@ -23,7 +23,7 @@ import os.path as osp
 import pytest
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 DINO = osp.join(ROOT, 'configs/comparison/dino-4scale_r50_1xb4-12e_shapes.py')
 IMAGE_SIZE = (64, 64)  # (h, w)
@@ -175,8 +175,8 @@ def _json_log_records(work_dir: str) -> list:
 def trained(tmp_path_factory):
     """Two configs, each trained for 2 iterations on the same tiny data,
     with validation annotations made from their own detections."""
-    from rtdetr_mm.datasets import make_synthetic_coco
-    from rtdetr_mm.datasets.synthetic import DEFAULT_CLASSES
+    from rtdetr_mm.testing.synthetic import make_synthetic_coco
+    from rtdetr_mm.testing.synthetic import DEFAULT_CLASSES
     tmp = tmp_path_factory.mktemp('compare')
     data = make_synthetic_coco(str(tmp / 'shapes'), num_train=NUM_TRAIN, num_val=NUM_VAL,
                                image_size=IMAGE_SIZE, min_objects=1, max_objects=3)

@@ -9,7 +9,7 @@ LABEL_SMOOTHING_IN_MODEL -> ``...loss_cls.label_smoothing``, CLASS_LOSS_COEF ->
 References are independent of :class:`RTDETRv2ClassificationLoss`: VFL and
 BCE are written element by element with :mod:`math`, focal is mmdet's
 ``py_sigmoid_focal_loss``. With the default keys the head's loss equals
-transformers' RT-DETRv2 loss: tests/test_loss_parity.py.
+transformers' RT-DETRv2 loss: tests/test_models/test_losses/test_loss_parity.py.
 """
 import itertools
 import math
@@ -27,7 +27,7 @@ from scipy.optimize import linear_sum_assignment
 
 import rtdetr_mm  # noqa: F401
 from rtdetr_mm.engine.optimizers import RTDETRv2AmpOptimWrapper
-from model_utils import R18, build_model, data_samples, random_gts
+from rtdetr_mm.testing.model_utils import R18, build_model, data_samples, random_gts
 
 NUM_CLASSES = 3
 AVG = 2.5  # normaliser (GT boxes averaged over ranks)

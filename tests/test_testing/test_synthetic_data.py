@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from rtdetr_mm.datasets import synthetic
-from rtdetr_mm.datasets.synthetic import make_synthetic_coco, render_dataset_image
+from rtdetr_mm.testing import synthetic
+from rtdetr_mm.testing.synthetic import make_synthetic_coco, render_dataset_image
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 TINY = dict(num_train=8, num_val=4, image_size=(96, 128), max_objects=6)
 
 

@@ -15,9 +15,9 @@ import onnxruntime  # noqa: F401
 import pytest
 import torch
 
-from checkout import checkout_env
+from rtdetr_mm.testing.checkout import checkout_env
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from rtdetr_mm.testing import ROOT
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 # CPU-sized model: the r18 backbone with a 128-channel encoder / decoder, 2
 # decoder layers, 100 queries and 4 classes (the size of the demo model).
