@@ -30,86 +30,18 @@ def make_coco(root):
 
 
 def tiny_cfg(data_root, work_dir, max_epochs=1):
+    """A complete mmdet config: a tiny RetinaNet on :func:`make_tiny_coco`'s
+    data, mmdet's usual schedule and runtime, one worker, gloo."""
     from mmengine.config import Config
-    dataset = dict(
-        type='CocoDataset', data_root=data_root, ann_file='ann.json',
-        data_prefix=dict(img='img/'), metainfo=dict(classes=('thing', )),
-        filter_cfg=dict(filter_empty_gt=False))
-    train_pipeline = [
-        dict(type='LoadImageFromFile'),
-        dict(type='LoadAnnotations', with_bbox=True),
-        dict(type='Resize', scale=(64, 64), keep_ratio=True),
-        dict(type='PackDetInputs')
-    ]
-    test_pipeline = [
-        dict(type='LoadImageFromFile'),
-        dict(type='Resize', scale=(64, 64), keep_ratio=True),
-        dict(type='LoadAnnotations', with_bbox=True),
-        dict(type='PackDetInputs',
-             meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                        'scale_factor'))
-    ]
-    model = dict(
-        type='RetinaNet',
-        data_preprocessor=dict(
-            type='DetDataPreprocessor', mean=[0, 0, 0], std=[255, 255, 255],
-            bgr_to_rgb=True, pad_size_divisor=32),
-        backbone=dict(
-            type='ResNet', depth=18, base_channels=8, num_stages=4,
-            out_indices=(1, 2, 3), frozen_stages=-1, norm_eval=False,
-            init_cfg=None),
-        neck=dict(
-            type='FPN', in_channels=[16, 32, 64], out_channels=16,
-            start_level=0, add_extra_convs='on_input', num_outs=3),
-        bbox_head=dict(
-            type='RetinaHead', num_classes=1, in_channels=16,
-            stacked_convs=1, feat_channels=16,
-            anchor_generator=dict(
-                type='AnchorGenerator', octave_base_scale=4,
-                scales_per_octave=1, ratios=[1.0], strides=[8, 16, 32]),
-            bbox_coder=dict(
-                type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.],
-                target_stds=[1., 1., 1., 1.]),
-            loss_cls=dict(
-                type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
-                loss_weight=1.0),
-            loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
-        train_cfg=dict(
-            assigner=dict(
-                type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4,
-                min_pos_iou=0, ignore_iof_thr=-1),
-            sampler=dict(type='PseudoSampler'), allowed_border=-1,
-            pos_weight=-1, debug=False),
-        test_cfg=dict(
-            nms_pre=100, min_bbox_size=0, score_thr=0.0,
-            nms=dict(type='nms', iou_threshold=0.5), max_per_img=10))
     return Config(dict(
         default_scope='mmdet',
-        model=model,
+        model=_retinanet(),
         work_dir=work_dir,
-        train_dataloader=dict(
-            batch_size=1, num_workers=0,
-            sampler=dict(type='DefaultSampler', shuffle=True),
-            batch_sampler=dict(type='AspectRatioBatchSampler'),
-            dataset=dict(dataset, pipeline=train_pipeline)),
-        val_dataloader=dict(
-            batch_size=1, num_workers=0,
-            sampler=dict(type='DefaultSampler', shuffle=False),
-            dataset=dict(dataset, pipeline=test_pipeline, test_mode=True)),
-        val_evaluator=dict(
-            type='CocoMetric', ann_file=osp.join(data_root, 'ann.json'),
-            metric='bbox'),
+        **_data(data_root),
         train_cfg=dict(
             type='EpochBasedTrainLoop', max_epochs=max_epochs,
             val_interval=1),
         val_cfg=dict(type='ValLoop'),
-        test_dataloader=dict(
-            batch_size=1, num_workers=0,
-            sampler=dict(type='DefaultSampler', shuffle=False),
-            dataset=dict(dataset, pipeline=test_pipeline, test_mode=True)),
-        test_evaluator=dict(
-            type='CocoMetric', ann_file=osp.join(data_root, 'ann.json'),
-            metric='bbox'),
         test_cfg=dict(type='TestLoop'),
         optim_wrapper=dict(
             type='OptimWrapper',
@@ -146,3 +78,77 @@ def tiny_cfg(data_root, work_dir, max_epochs=1):
         log_level='WARNING',
         randomness=dict(seed=0),
     ))
+
+
+def _data(data_root):
+    """The train / val / test dataloaders and evaluators."""
+    dataset = dict(
+        type='CocoDataset', data_root=data_root, ann_file='ann.json',
+        data_prefix=dict(img='img/'), metainfo=dict(classes=('thing', )),
+        filter_cfg=dict(filter_empty_gt=False))
+    train_pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations', with_bbox=True),
+        dict(type='Resize', scale=(64, 64), keep_ratio=True),
+        dict(type='PackDetInputs')
+    ]
+    test_pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='Resize', scale=(64, 64), keep_ratio=True),
+        dict(type='LoadAnnotations', with_bbox=True),
+        dict(type='PackDetInputs',
+             meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                        'scale_factor'))
+    ]
+    evaluator = dict(type='CocoMetric', ann_file=osp.join(data_root, 'ann.json'),
+                     metric='bbox')
+    test_loader = dict(
+        batch_size=1, num_workers=0,
+        sampler=dict(type='DefaultSampler', shuffle=False),
+        dataset=dict(dataset, pipeline=test_pipeline, test_mode=True))
+    return dict(
+        train_dataloader=dict(
+            batch_size=1, num_workers=0,
+            sampler=dict(type='DefaultSampler', shuffle=True),
+            batch_sampler=dict(type='AspectRatioBatchSampler'),
+            dataset=dict(dataset, pipeline=train_pipeline)),
+        val_dataloader=test_loader, val_evaluator=evaluator,
+        test_dataloader=test_loader, test_evaluator=evaluator)
+
+
+def _retinanet():
+    """A RetinaNet with an 8-channel ResNet-18 and one class."""
+    return dict(
+        type='RetinaNet',
+        data_preprocessor=dict(
+            type='DetDataPreprocessor', mean=[0, 0, 0], std=[255, 255, 255],
+            bgr_to_rgb=True, pad_size_divisor=32),
+        backbone=dict(
+            type='ResNet', depth=18, base_channels=8, num_stages=4,
+            out_indices=(1, 2, 3), frozen_stages=-1, norm_eval=False,
+            init_cfg=None),
+        neck=dict(
+            type='FPN', in_channels=[16, 32, 64], out_channels=16,
+            start_level=0, add_extra_convs='on_input', num_outs=3),
+        bbox_head=dict(
+            type='RetinaHead', num_classes=1, in_channels=16,
+            stacked_convs=1, feat_channels=16,
+            anchor_generator=dict(
+                type='AnchorGenerator', octave_base_scale=4,
+                scales_per_octave=1, ratios=[1.0], strides=[8, 16, 32]),
+            bbox_coder=dict(
+                type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.],
+                target_stds=[1., 1., 1., 1.]),
+            loss_cls=dict(
+                type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+                loss_weight=1.0),
+            loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
+        train_cfg=dict(
+            assigner=dict(
+                type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4,
+                min_pos_iou=0, ignore_iof_thr=-1),
+            sampler=dict(type='PseudoSampler'), allowed_border=-1,
+            pos_weight=-1, debug=False),
+        test_cfg=dict(
+            nms_pre=100, min_bbox_size=0, score_thr=0.0,
+            nms=dict(type='nms', iou_threshold=0.5), max_per_img=10))
