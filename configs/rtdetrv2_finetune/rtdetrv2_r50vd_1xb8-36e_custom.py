@@ -13,6 +13,10 @@
 _base_ = '../rtdetrv2/rtdetrv2_r50vd_4xb4-72e_coco.py'
 
 # ----------------------------- Your dataset --------------------------------
+# (The r18vd fine-tune config repeats this file's blocks on purpose: each is
+# the one file a user copies and edits. A shared base cannot hold them:
+# mmengine refuses two `_base_` files that define the same keys, and the
+# size config already defines train_dataloader and friends.)
 data_root = 'data/my_dataset/'
 train_ann_file = 'annotations/instances_train.json'
 train_img_dir = 'images/train/'
