@@ -17,6 +17,30 @@ import torch
 _STAGE = r'model\.backbone\.model\.encoder\.stages\.(\d+)\.layers\.(\d+)'
 _BRANCH = {'0': 'a', '1': 'b', '2': 'c'}
 
+
+def _layer_rules(layer: str, ours: str, final_norm: str) -> List[Tuple[str, str]]:
+    """The rules of one HF transformer layer: its self-attention (q/k/v are
+    merged after renaming), the attention's norm, the feed-forward and the
+    last norm, which the encoder and the decoder name alike.
+
+    Args:
+        layer (str): Regex of the HF layer prefix (its groups numbered).
+        ours (str): Our layer prefix, a replacement using those groups.
+        final_norm (str): Our name of the layer's last norm (``norm2`` in
+            the encoder, ``norm3`` in the decoder, after cross-attention).
+    """
+    rest = r'\.(?P<rest>.+)$'
+    return [
+        (layer + r'\.self_attn\.(?P<qkv>[qkv])_proj\.(?P<kind>weight|bias)$',
+         ours + r'.self_attn.\g<qkv>_proj.\g<kind>'),
+        (layer + r'\.self_attn\.(?:o_proj|out_proj)' + rest, ours + r'.self_attn.out_proj.\g<rest>'),
+        (layer + r'\.self_attn_layer_norm' + rest, ours + r'.norm1.\g<rest>'),
+        (layer + r'\.(?:mlp\.)?fc1' + rest, ours + r'.linear1.\g<rest>'),
+        (layer + r'\.(?:mlp\.)?fc2' + rest, ours + r'.linear2.\g<rest>'),
+        (layer + r'\.final_layer_norm' + rest, ours + f'.{final_norm}.\\g<rest>'),
+    ]
+
+
 # (pattern, replacement) – replacement may be a callable on the match.
 RULES: List[Tuple[str, object]] = [
     # ---- backbone (PResNet)
@@ -37,29 +61,15 @@ RULES: List[Tuple[str, object]] = [
     # ---- hybrid encoder (neck)
     (r'^model\.encoder_input_proj\.(\d+)\.0\.(.+)$', r'neck.input_proj.\1.conv.\2'),
     (r'^model\.encoder_input_proj\.(\d+)\.1\.(.+)$', r'neck.input_proj.\1.norm.\2'),
-    (r'^model\.encoder\.(?:aifi|encoder)\.(\d+)\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$',
-     r'neck.encoder.\1.layers.\2.self_attn.\3_proj.\4'),  # merged below
-    (r'^model\.encoder\.(?:aifi|encoder)\.(\d+)\.layers\.(\d+)\.self_attn\.(?:o_proj|out_proj)\.(.+)$',
-     r'neck.encoder.\1.layers.\2.self_attn.out_proj.\3'),
-    (r'^model\.encoder\.(?:aifi|encoder)\.(\d+)\.layers\.(\d+)\.self_attn_layer_norm\.(.+)$',
-     r'neck.encoder.\1.layers.\2.norm1.\3'),
-    (r'^model\.encoder\.(?:aifi|encoder)\.(\d+)\.layers\.(\d+)\.final_layer_norm\.(.+)$',
-     r'neck.encoder.\1.layers.\2.norm2.\3'),
-    (r'^model\.encoder\.(?:aifi|encoder)\.(\d+)\.layers\.(\d+)\.(?:mlp\.)?fc1\.(.+)$',
-     r'neck.encoder.\1.layers.\2.linear1.\3'),
-    (r'^model\.encoder\.(?:aifi|encoder)\.(\d+)\.layers\.(\d+)\.(?:mlp\.)?fc2\.(.+)$',
-     r'neck.encoder.\1.layers.\2.linear2.\3'),
+    *_layer_rules(r'^model\.encoder\.(?:aifi|encoder)\.(\d+)\.layers\.(\d+)',
+                  r'neck.encoder.\1.layers.\2', final_norm='norm2'),
     (r'^model\.encoder\.((?:lateral_convs|fpn_blocks|downsample_convs|pan_blocks)\..+)$',
      r'neck.\1'),
     # ---- decoder (head)
     (r'^model\.decoder_input_proj\.(\d+)\.0\.(.+)$', r'bbox_head.input_proj.\1.conv.\2'),
     (r'^model\.decoder_input_proj\.(\d+)\.1\.(.+)$', r'bbox_head.input_proj.\1.norm.\2'),
-    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$',
-     r'bbox_head.decoder.layers.\1.self_attn.\2_proj.\3'),  # merged below
-    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.(?:o_proj|out_proj)\.(.+)$',
-     r'bbox_head.decoder.layers.\1.self_attn.out_proj.\2'),
-    (r'^model\.decoder\.layers\.(\d+)\.self_attn_layer_norm\.(.+)$',
-     r'bbox_head.decoder.layers.\1.norm1.\2'),
+    *_layer_rules(r'^model\.decoder\.layers\.(\d+)', r'bbox_head.decoder.layers.\1',
+                  final_norm='norm3'),
     (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.n_points_scale$',
      r'bbox_head.decoder.layers.\1.cross_attn.num_points_scale'),
     (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.'
@@ -67,10 +77,6 @@ RULES: List[Tuple[str, object]] = [
      r'bbox_head.decoder.layers.\1.cross_attn.\2.\3'),
     (r'^model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.(.+)$',
      r'bbox_head.decoder.layers.\1.norm2.\2'),
-    (r'^model\.decoder\.layers\.(\d+)\.(?:mlp\.)?fc1\.(.+)$', r'bbox_head.decoder.layers.\1.linear1.\2'),
-    (r'^model\.decoder\.layers\.(\d+)\.(?:mlp\.)?fc2\.(.+)$', r'bbox_head.decoder.layers.\1.linear2.\2'),
-    (r'^model\.decoder\.layers\.(\d+)\.final_layer_norm\.(.+)$',
-     r'bbox_head.decoder.layers.\1.norm3.\2'),
     (r'^model\.decoder\.query_pos_head\.(.+)$', r'bbox_head.query_pos_head.\1'),
     (r'^(?:model\.decoder\.)?class_embed\.(\d+)\.(.+)$', r'bbox_head.dec_score_head.\1.\2'),
     (r'^(?:model\.decoder\.)?bbox_embed\.(\d+)\.(.+)$', r'bbox_head.dec_bbox_head.\1.\2'),
