@@ -4,6 +4,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from .model_utils import redraw_like_trained_
+
 SIZES = {
     # name: (HF backbone kwargs, HF model kwargs, our config)
     'r18vd': (dict(hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type='basic'),
@@ -56,23 +58,7 @@ def build_hf_model(size: str, seed: int = 0, image: torch.Tensor = None, **overr
 
 @torch.no_grad()
 def redraw_(model: torch.nn.Module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if p.dim() >= 2:
-            fan_in = p[0].numel()
-            p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-        elif 'norm' in name or 'normalization' in name:
-            if name.endswith('weight'):
-                p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.75)
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-        else:
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    for name, b in model.named_buffers():
-        if name.endswith('running_mean'):
-            b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
-        elif name.endswith('running_var'):
-            b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+    redraw_like_trained_(model, seed)
     # Tokens on invalid anchors have zeroed memory, so they all get the same
     # score: keep that plateau far below the top-300 boundary (official class
     # prior bias, no LN shift).

@@ -41,3 +41,25 @@ def random_gts(num_per_image, shape, num_classes=80, seed=0):
         boxes.append(torch.cat([xy, xy + wh], 1))
         labels.append(torch.randint(0, num_classes, (n,), generator=gen))
     return boxes, labels
+
+
+@torch.no_grad()
+def redraw_like_trained_(model: torch.nn.Module, seed: int) -> None:
+    """Random weights with a trained network's scales, from ``seed``:
+    He-normal matrices, norm weights in [0.75, 1.25), small biases
+    (N(0, 0.1)), random BN running statistics. Parameters and buffers are
+    drawn in ``named_parameters`` / ``named_buffers`` order (transformers'
+    model and ours differ in order, so they do not get the same values)."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / p[0].numel()) ** 0.5)
+        elif 'norm' in name and name.endswith('weight'):
+            p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.75)
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    for name, b in model.named_buffers():
+        if name.endswith('running_mean'):
+            b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+        elif name.endswith('running_var'):
+            b.copy_(torch.rand(b.shape, generator=gen) + 0.5)

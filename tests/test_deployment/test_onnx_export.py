@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from rtdetr_mm.testing.checkout import checkout_env
+from rtdetr_mm.testing.model_utils import redraw_like_trained_
 
 from rtdetr_mm.testing import ROOT
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
@@ -50,19 +51,7 @@ def _redraw_(model: torch.nn.Module, seed: int) -> None:
     small biases, random BN statistics; score heads separate tokens sharply
     and box heads refine by small steps, as trained ones do (the official
     init would zero the box deltas and make every box an anchor)."""
-    gen = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if p.dim() >= 2:
-            p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / p[0].numel()) ** 0.5)
-        elif 'norm' in name and name.endswith('weight'):
-            p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.75)
-        else:
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    for name, b in model.named_buffers():
-        if name.endswith('running_mean'):
-            b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
-        elif name.endswith('running_var'):
-            b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+    redraw_like_trained_(model, seed)
     head = model.bbox_head
     head.enc_output.proj.bias.zero_()
     head.enc_output.norm.bias.zero_()
