@@ -51,6 +51,25 @@ def make_tiny_coco(root: str, num_images: int = 16, size=(128, 128), seed: int =
     return dict(data_root=root, ann_file=ann_file, img_dir=img_dir)
 
 
+#: config text of the light train / test pipelines at ``image_size`` (flip
+#: and a fixed-size resize), shared by the tests' child configs
+PIPELINES = '''train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+'''
+
+
 def tiny_config(path: str, base: str, data: dict, size=(128, 128), max_epochs: int = 8,
                 batch_size: int = 4, lr: float = 2e-4, small_model: bool = False,
                 extra: str = '') -> str:
@@ -70,21 +89,7 @@ model = dict(neck=dict(hidden_dim=64, dim_feedforward=128, num_heads=2),
 _base_ = {base!r}
 classes = {CLASSES!r}
 image_size = {tuple(size)!r}
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-dataset = dict(type='CocoDataset', data_root={data['data_root']!r},
+{PIPELINES}dataset = dict(type='CocoDataset', data_root={data['data_root']!r},
                ann_file={data['ann_file']!r}, data_prefix=dict(img='images/'),
                metainfo=dict(classes=classes), filter_cfg=dict(filter_empty_gt=False))
 train_dataloader = dict(_delete_=True, batch_size={batch_size}, num_workers=0,

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from rtdetr_mm.testing import ROOT
+from rtdetr_mm.testing.tiny_coco import PIPELINES
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 DINO = osp.join(ROOT, 'configs/comparison/dino-4scale_r50_1xb4-12e_shapes.py')
 IMAGE_SIZE = (64, 64)  # (h, w)
@@ -47,21 +48,7 @@ SHARED = '''
 classes = {classes!r}
 image_size = {size!r}
 data_root = {root!r}
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=image_size[::-1], keep_ratio=False),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-train_dataloader = dict(
+{pipelines}train_dataloader = dict(
     _delete_=True, batch_size={batch}, num_workers=0, drop_last=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(type='CocoDataset', data_root=data_root, metainfo=dict(classes=classes),
@@ -118,7 +105,8 @@ model = dict(num_queries=10,
 def _write_config(path: str, base: str, model_text: str, loop: str, data_root: str,
                   classes) -> str:
     text = f'_base_ = {base!r}\n' + SHARED.format(
-        classes=tuple(classes), size=IMAGE_SIZE, root=data_root, batch=BATCH, loop=loop,
+        classes=tuple(classes), size=IMAGE_SIZE, root=data_root, pipelines=PIPELINES,
+        batch=BATCH, loop=loop,
         visualizer='visualizer_' + osp.splitext(osp.basename(path))[0])
     text += model_text.format(num_classes=len(classes))
     with open(path, 'w') as f:
