@@ -1,1 +1,2 @@
-from . import backbones, data_preprocessors, dense_heads, detectors, layers, losses, necks  # noqa: F401
+from . import (backbones, data_preprocessors, dense_heads, detectors, layers, losses,  # noqa: F401
+               necks, task_modules)

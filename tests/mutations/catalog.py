@@ -19,6 +19,9 @@ MODEL_BASE = 'configs/_base_/models/rtdetrv2_r50vd.py'
 KNOBS_LOSS = 'tests/test_models/test_dense_heads/test_knobs_loss.py'
 KNOBS_RUNNER = 'tests/test_engine/test_knobs_runner.py'
 WALK = 'rtdetr_mm/datasets/walk.py'
+DETECTOR = 'rtdetr_mm/models/detectors/rtdetrv2.py'
+REPARAM = 'rtdetr_mm/models/layers/reparameterize.py'
+REPARAM_TESTS = 'tests/test_models/test_reparameterize.py'
 
 MUTATIONS = [
     # ------------------------------------------------------------ loss knobs
@@ -159,8 +162,8 @@ MUTATIONS = [
              ['tests/test_engine/test_resume_exact.py::test_sigkill_and_resume_equals_uninterrupted_run']),
     Mutation('ddp-normaliser-unreduced',
              'the loss normaliser is the GT count averaged over ranks',
-             [(HEAD_LOSS, 'return reduce_mean(count).clamp(min=1).item()',
-               'return count.clamp(min=1).item()')],
+             [(HEAD_LOSS, 'return reduce_mean(count).clamp(min=1)',
+               'return count.clamp(min=1)')],
              ['tests/test_engine/test_dist_train.py::test_dist_train_two_cpu_ranks']),
     Mutation('permissive-allow-list',
              'checkpoints load with weights_only and a minimal allow-list',
@@ -208,6 +211,40 @@ MUTATIONS = [
                'if hook is not None or name in MMENGINE_DEFAULT_HOOKS}', 'if True}')],
              ['tests/test_engine/test_knobs_runner.py::'
               'test_named_default_hooks_override_and_turn_off_by_name']),
+    # ------------------------------------- inference copy (reparameterize)
+    Mutation('bn-fold-without-eps',
+             'the BN fold divides by sqrt(running_var + eps)',
+             [(REPARAM, 'up(norm.running_var), norm.eps,', 'up(norm.running_var), 0.0,')],
+             [f'{REPARAM_TESTS}::test_fused_copy_equals_unfused_model']),
+    Mutation('frozen-bn-not-folded',
+             'FrozenBatchNorm2d (r50/r101 backbones) is folded as well as BatchNorm2d',
+             [(REPARAM, 'FOLDABLE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)',
+               'FOLDABLE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)')],
+             [f'{REPARAM_TESTS}::test_fused_copy_equals_unfused_model']),
+    Mutation('inference-copy-folds-the-detector',
+             'inference folds a copy; the training weights never change',
+             [(REPARAM, 'fused = copy.deepcopy(detector).eval()', 'fused = detector.eval()')],
+             [f'{REPARAM_TESTS}::test_fused_copy_equals_unfused_model']),
+    Mutation('inference-copy-kept-after-load-state-dict',
+             'load_state_dict drops the cached inference copy',
+             [(DETECTOR, '        self.register_load_state_dict_post_hook(_drop_inference_copy)\n',
+               '')],
+             [f'{REPARAM_TESTS}::test_training_weights_unchanged_and_copy_follows_the_weights']),
+    Mutation('inference-copy-kept-after-eval',
+             'eval() (ValLoop, after the EMA swap) drops the cached inference copy',
+             [(DETECTOR, '        self.invalidate_inference_copy()\n        return super().train(mode)',
+               '        return super().train(mode)')],
+             [f'{REPARAM_TESTS}::test_validation_runs_the_ema_weights_and_leaves_training_'
+              'weights_bit_identical']),
+    Mutation('inference-fingerprint-by-tensor-identity',
+             'the inference copy is rebuilt after .data swaps (fingerprint of data_ptr)',
+             [(DETECTOR, 'return tuple((t.data_ptr(), t.device, t.dtype)',
+               'return tuple((id(t), t.device, t.dtype)')],
+             [f'{REPARAM_TESTS}::test_training_weights_unchanged_and_copy_follows_the_weights']),
+    Mutation('inference-copy-deep-copied',
+             'copy.deepcopy(detector) (EMA models) does not carry the inference copy',
+             [(DETECTOR, '    def __reduce__(self):\n        return (_InferenceCopyCache, ())\n', '')],
+             [f'{REPARAM_TESTS}::test_training_weights_unchanged_and_copy_follows_the_weights']),
     # ------------------------------------------------------ test hygiene
     Mutation('converter-imports-installed-package',
              'every tool runs the checkout it lives in (issue 9 hole 5)',

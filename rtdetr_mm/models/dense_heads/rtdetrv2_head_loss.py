@@ -2,7 +2,7 @@
 normalisation, Hungarian matching per decoder layer and for the encoder's
 top-k, fixed matching of the denoising queries, and the classification /
 L1 / GIoU terms."""
-from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
 from mmdet.structures import SampleList
@@ -10,11 +10,12 @@ from mmdet.structures.bbox import (bbox_cxcywh_to_xyxy, bbox_overlaps,
                                    bbox_xyxy_to_cxcywh, get_box_tensor)
 from mmdet.utils import reduce_mean
 from mmengine.structures import InstanceData
+from torch.profiler import record_function
+
+from ..task_modules.assigners.batched_hungarian_assigner import MatchedPairs
 
 if TYPE_CHECKING:
     from .rtdetrv2_head import RTDETRv2HeadOutputs
-
-MatchIndices = List[Tuple[torch.Tensor, torch.Tensor]]
 
 
 class RTDETRv2HeadLossMixin:
@@ -81,6 +82,10 @@ class RTDETRv2HeadLossMixin:
                      input_shapes: List[Tuple[int, int]]) -> Dict[str, torch.Tensor]:
         """Loss terms of every output (see :meth:`loss`).
 
+        The decoder layers and the encoder top-k are matched together
+        (:meth:`_match`) and their losses computed together
+        (:meth:`_loss_terms`), then the denoising outputs of all layers.
+
         Args:
             outs (RTDETRv2HeadOutputs): Training outputs.
             gt_labels (list[Tensor]): Per image (n_i,) labels.
@@ -88,108 +93,148 @@ class RTDETRv2HeadLossMixin:
             input_shapes (list[tuple[int, int]]): (H, W) of the network input
                 of each image, to compute GIoU in pixels.
         """
+        device = outs.cls_scores.device
         num_gts = [len(labels) for labels in gt_labels]
-        num_boxes = self._num_boxes(sum(num_gts), outs.cls_scores.device)
-        losses = {}
+        num_boxes = self._num_boxes(sum(num_gts), device)
+        targets = _Targets(labels=torch.cat(gt_labels),
+                           boxes=torch.cat(gt_boxes).float(),
+                           scales=torch.tensor([[w, h, w, h] for h, w in input_shapes],
+                                               dtype=torch.float32).to(device))
         num_layers = outs.cls_scores.shape[0]
-        for layer in range(num_layers):
-            prefix = '' if layer == num_layers - 1 else f'd{layer}.'
-            cls_scores, bbox_preds = outs.cls_scores[layer], outs.bbox_preds[layer]
-            indices = self._match(cls_scores, bbox_preds, gt_labels, gt_boxes, input_shapes)
-            losses.update(self._loss_terms(cls_scores, bbox_preds, gt_labels, gt_boxes,
-                                           input_shapes, indices, num_boxes, prefix))
+        prefixes = [f'd{layer}.' for layer in range(num_layers - 1)] + ['']
+        cls_scores, bbox_preds = outs.cls_scores, outs.bbox_preds
         if outs.enc_cls_scores is not None:
-            indices = self._match(outs.enc_cls_scores, outs.enc_bbox_preds, gt_labels,
-                                  gt_boxes, input_shapes)
-            losses.update(self._loss_terms(outs.enc_cls_scores, outs.enc_bbox_preds,
-                                           gt_labels, gt_boxes, input_shapes, indices,
-                                           num_boxes, 'enc_'))
-        if outs.dn_meta is not None:
-            indices = outs.dn_meta.gt_indices(num_gts)
-            dn_num_boxes = num_boxes * outs.dn_meta.num_groups
-            for layer in range(num_layers):
-                prefix = 'dn_' if layer == num_layers - 1 else f'd{layer}.dn_'
-                losses.update(self._loss_terms(outs.dn_cls_scores[layer],
-                                               outs.dn_bbox_preds[layer], gt_labels,
-                                               gt_boxes, input_shapes, indices,
-                                               dn_num_boxes, prefix))
+            cls_scores = torch.cat([cls_scores, outs.enc_cls_scores[None]])
+            bbox_preds = torch.cat([bbox_preds, outs.enc_bbox_preds[None]])
+            prefixes.append('enc_')
+        with record_function('rtdetr_mm:matching'):
+            pairs = self._match(cls_scores, bbox_preds, gt_labels, gt_boxes, input_shapes)
+            if outs.dn_meta is not None:
+                dn_pairs = outs.dn_meta.matched_pairs(num_gts, num_layers, device)
+        with record_function('rtdetr_mm:loss'):
+            losses = self._loss_terms(cls_scores, bbox_preds, targets, pairs, num_boxes,
+                                      prefixes)
+            if outs.dn_meta is not None:
+                dn_prefixes = [f'd{layer}.dn_' for layer in range(num_layers - 1)] + ['dn_']
+                losses.update(self._loss_terms(outs.dn_cls_scores, outs.dn_bbox_preds, targets,
+                                               dn_pairs, num_boxes * outs.dn_meta.num_groups,
+                                               dn_prefixes))
         return losses
 
-    def _num_boxes(self, local_count: int, device: torch.device) -> float:
-        """GT boxes averaged over ranks, at least 1 (official normaliser)."""
-        count = torch.tensor(float(local_count), device=device)
-        return reduce_mean(count).clamp(min=1).item()
+    def _num_boxes(self, local_count: int, device: torch.device) -> torch.Tensor:
+        """GT boxes averaged over ranks, at least 1 (official normaliser): a
+        0-dim tensor on ``device``, never read on the host."""
+        count = torch.tensor(float(local_count)).to(device)
+        return reduce_mean(count).clamp(min=1)
 
     @torch.no_grad()
     def _match(self, cls_scores: torch.Tensor, bbox_preds: torch.Tensor,
                gt_labels: List[torch.Tensor], gt_boxes: List[torch.Tensor],
-               input_shapes: List[Tuple[int, int]]) -> MatchIndices:
-        """Hungarian matching per image.
+               input_shapes: List[Tuple[int, int]]) -> MatchedPairs:
+        """Hungarian matching of S outputs of every image.
+
+        With :class:`RTDETRv2HungarianAssigner` (the configs' assigner) all
+        of them are matched at once (``match_batch``: one device-to-host
+        copy); any other mmdet assigner is run per output and image through
+        its ``assign`` (pixel xyxy boxes, ``img_shape`` = the network input).
 
         Args:
-            cls_scores (Tensor): (B, Nq, C) logits.
-            bbox_preds (Tensor): (B, Nq, 4) cxcywh normalised.
+            cls_scores (Tensor): (S, B, Nq, C) logits.
+            bbox_preds (Tensor): (S, B, Nq, 4) cxcywh normalised.
 
         Returns:
-            list[tuple[Tensor, Tensor]]: per image (query indices, GT indices).
+            MatchedPairs: sorted by output (stage).
         """
         if self.assigner is None:
             raise RuntimeError('RTDETRv2Head needs train_cfg.assigner to compute the loss')
-        indices = []
-        for i, (labels, boxes) in enumerate(zip(gt_labels, gt_boxes)):
-            h, w = input_shapes[i]
-            scale = boxes.new_tensor([w, h, w, h])
-            pred = InstanceData(scores=cls_scores[i].float(),
-                                bboxes=bbox_cxcywh_to_xyxy(bbox_preds[i].float()) * scale)
-            gt = InstanceData(labels=labels, bboxes=bbox_cxcywh_to_xyxy(boxes.float()) * scale)
-            result = self.assigner.assign(pred, gt, img_meta=dict(img_shape=(h, w)))
-            query_idx = torch.nonzero(result.gt_inds > 0, as_tuple=False).squeeze(1)
-            indices.append((query_idx, result.gt_inds[query_idx] - 1))
-        return indices
+        if hasattr(self.assigner, 'match_batch'):
+            return self.assigner.match_batch(cls_scores, bbox_preds, gt_labels, gt_boxes)
+        gt_offsets = [0]
+        for labels in gt_labels:
+            gt_offsets.append(gt_offsets[-1] + len(labels))
+        rows, counts = [], []
+        for stage in range(cls_scores.shape[0]):
+            count = 0
+            for i, (labels, boxes) in enumerate(zip(gt_labels, gt_boxes)):
+                h, w = input_shapes[i]
+                scale = boxes.new_tensor([w, h, w, h])
+                pred = InstanceData(scores=cls_scores[stage, i].float(),
+                                    bboxes=bbox_cxcywh_to_xyxy(bbox_preds[stage, i].float()) * scale)
+                gt = InstanceData(labels=labels, bboxes=bbox_cxcywh_to_xyxy(boxes.float()) * scale)
+                result = self.assigner.assign(pred, gt, img_meta=dict(img_shape=(h, w)))
+                query = torch.nonzero(result.gt_inds > 0, as_tuple=False).squeeze(1).cpu()
+                gt_idx = result.gt_inds[query].cpu() - 1 + gt_offsets[i]
+                rows.append(torch.stack([torch.full_like(query, stage), torch.full_like(query, i),
+                                         query, gt_idx]))
+                count += len(query)
+            counts.append(count)
+        pairs = torch.cat(rows, 1) if rows else torch.zeros((4, 0), dtype=torch.long)
+        return MatchedPairs.from_host(pairs.long().numpy(), counts, cls_scores.device)
 
     def _loss_terms(self, cls_scores: torch.Tensor, bbox_preds: torch.Tensor,
-                    gt_labels: List[torch.Tensor], gt_boxes: List[torch.Tensor],
-                    input_shapes: List[Tuple[int, int]], indices: MatchIndices,
-                    num_boxes: float, prefix: str) -> Dict[str, torch.Tensor]:
-        """Classification, L1 and GIoU loss of one output for fixed matches.
+                    targets: '_Targets', pairs: MatchedPairs, num_boxes: torch.Tensor,
+                    prefixes: List[str]) -> Dict[str, torch.Tensor]:
+        """Classification, L1 and GIoU loss of S outputs for fixed matches,
+        each term computed for all outputs in one call.
 
         Args:
-            cls_scores (Tensor): (B, N, C) logits.
-            bbox_preds (Tensor): (B, N, 4) cxcywh normalised.
-            indices (list[tuple[Tensor, Tensor]]): (query idx, GT idx) per image.
-            num_boxes (float): Normaliser.
-            prefix (str): Key prefix (``''``, ``'d0.'``, ``'enc_'``, ``'dn_'``...).
+            cls_scores (Tensor): (S, B, N, C) logits.
+            bbox_preds (Tensor): (S, B, N, 4) cxcywh normalised.
+            targets (_Targets): GTs of all images concatenated.
+            pairs (MatchedPairs): Matches of the S outputs.
+            num_boxes (Tensor): 0-dim normaliser.
+            prefixes (list[str]): Key prefix of each output (``''``,
+                ``'d0.'``, ``'enc_'``, ``'dn_'``...), length S.
 
         NOTE: losses are computed in fp32 whatever the autocast dtype.
         """
         cls_scores, bbox_preds = cls_scores.float(), bbox_preds.float()
-        bs, num_preds, _ = cls_scores.shape
-        batch_idx = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)])
-        query_idx = torch.cat([q for q, _ in indices])
-        matched_labels = torch.cat([labels[g] for labels, (_, g) in zip(gt_labels, indices)])
-        target_boxes = torch.cat([boxes[g] for boxes, (_, g) in zip(gt_boxes, indices)]).float()
-        scales = torch.cat([
-            target_boxes.new_tensor([w, h, w, h]).expand(len(q), 4)
-            for (h, w), (q, _) in zip(input_shapes, indices)])
-
-        pred_boxes = bbox_preds[batch_idx, query_idx]
+        num_stages, bs, num_preds, _ = cls_scores.shape
+        pred_boxes = bbox_preds[pairs.stage, pairs.batch, pairs.query]
+        target_boxes = targets.boxes[pairs.gt]
+        scales = targets.scales[pairs.batch]
         pred_xyxy = bbox_cxcywh_to_xyxy(pred_boxes) * scales
         target_xyxy = bbox_cxcywh_to_xyxy(target_boxes) * scales
         ious = bbox_overlaps(pred_xyxy.detach(), target_xyxy, is_aligned=True)
 
-        labels = torch.full((bs, num_preds), self.num_classes, dtype=torch.long,
+        labels = torch.full((num_stages, bs, num_preds), self.num_classes, dtype=torch.long,
                             device=cls_scores.device)
-        labels[batch_idx, query_idx] = matched_labels
-        iou_targets = cls_scores.new_zeros((bs, num_preds))
-        iou_targets[batch_idx, query_idx] = ious
-        loss_cls = self.loss_cls(cls_scores.flatten(0, 1), labels.flatten(),
-                                 iou_targets.flatten(), avg_factor=num_boxes)
-        loss_bbox = self.loss_bbox(pred_boxes, target_boxes, avg_factor=num_boxes)
-        loss_iou = self.loss_iou(pred_xyxy, target_xyxy, avg_factor=num_boxes)
-        if len(query_idx) == 0:
-            # Keep every box-head parameter in the graph (DDP without
-            # find_unused_parameters) when there is nothing to regress.
-            loss_bbox = loss_bbox + bbox_preds.sum() * 0
-            loss_iou = loss_iou + bbox_preds.sum() * 0
-        return {f'{prefix}loss_cls': loss_cls, f'{prefix}loss_bbox': loss_bbox,
-                f'{prefix}loss_iou': loss_iou}
+        labels[pairs.stage, pairs.batch, pairs.query] = targets.labels[pairs.gt]
+        iou_targets = cls_scores.new_zeros((num_stages, bs, num_preds))
+        iou_targets[pairs.stage, pairs.batch, pairs.query] = ious
+        loss_cls = self.loss_cls(cls_scores.flatten(1, 2), labels.flatten(1),
+                                 iou_targets.flatten(1), avg_factor=num_boxes)
+        # Per-pair terms summed per output with a (S, P) one-hot product (a
+        # deterministic reduction); ``bbox_preds * 0`` keeps every box-head
+        # parameter in the graph when an output has no pair (DDP without
+        # find_unused_parameters).
+        stages = torch.arange(num_stages, device=pairs.stage.device)
+        per_stage = (stages[:, None] == pairs.stage).to(pred_boxes.dtype)
+        in_graph = bbox_preds.sum((1, 2, 3)) * 0
+        if len(pairs.stage):
+            l1 = self.loss_bbox(pred_boxes, target_boxes, reduction_override='none').sum(-1)
+            giou = self.loss_iou(pred_xyxy, target_xyxy, reduction_override='none')
+            loss_bbox = per_stage @ l1 / num_boxes + in_graph
+            loss_iou = per_stage @ giou / num_boxes + in_graph
+        else:
+            loss_bbox = loss_iou = in_graph
+        losses = {}
+        for stage, prefix in enumerate(prefixes):
+            losses[f'{prefix}loss_cls'] = loss_cls[stage]
+            losses[f'{prefix}loss_bbox'] = loss_bbox[stage]
+            losses[f'{prefix}loss_iou'] = loss_iou[stage]
+        return losses
+
+
+class _Targets(NamedTuple):
+    """The GTs of a batch, concatenated over images.
+
+    Attributes:
+        labels (Tensor): (G,) long.
+        boxes (Tensor): (G, 4) cxcywh normalised, fp32.
+        scales (Tensor): (B, 4) ``[w, h, w, h]`` of each network input, to
+            turn normalised boxes into pixels.
+    """
+    labels: torch.Tensor
+    boxes: torch.Tensor
+    scales: torch.Tensor

@@ -2,10 +2,15 @@
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 from mmdet.models.layers.transformer import inverse_sigmoid
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
+
+from ..task_modules.assigners.batched_hungarian_assigner import MatchedPairs
 
 
 #: Official denoising settings: the keys ``RTDETRv2Head``'s ``dn_cfg`` takes
@@ -35,7 +40,8 @@ class DenoisingMeta:
         positive_idx (list[Tensor]): Per image, the indices (among the
             ``num_dn_queries`` denoising queries) of the positive queries, in
             the order group 0 GT 0..n-1, group 1 GT 0..n-1, ...; shape
-            (num_gt_i * num_groups,).
+            (num_gt_i * num_groups,), long, on the host (they follow from the
+            GT counts alone).
         num_groups (int): Denoising groups (each = positives + negatives).
         num_dn_queries (int): Denoising queries placed before the matching
             queries (``2 * max_gt * num_groups``).
@@ -44,13 +50,20 @@ class DenoisingMeta:
     num_groups: int
     num_dn_queries: int
 
-    def gt_indices(self, num_gts: Sequence[int]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        """Fixed (query index, GT index) pairs of the positive queries."""
-        pairs = []
-        for idx, n in zip(self.positive_idx, num_gts):
-            gt_idx = torch.arange(n, device=idx.device).repeat(self.num_groups)
-            pairs.append((idx, gt_idx))
-        return pairs
+    def matched_pairs(self, num_gts: Sequence[int], num_stages: int,
+                      device: torch.device) -> MatchedPairs:
+        """The fixed (query, GT) pairs of the positive queries, the same for
+        each of ``num_stages`` outputs (decoder layers), moved to ``device``
+        in one copy. GT indices count in the GTs of all images concatenated."""
+        gt_offsets = np.cumsum([0] + list(num_gts[:-1]))
+        per_stage = []
+        for image, (idx, n) in enumerate(zip(self.positive_idx, num_gts)):
+            gt_idx = np.tile(np.arange(n), self.num_groups) + gt_offsets[image]
+            per_stage.append(np.stack([np.full(len(gt_idx), image), idx.numpy(), gt_idx]))
+        per_stage = np.concatenate(per_stage, 1) if per_stage else np.zeros((3, 0), np.int64)
+        stages = np.repeat(np.arange(num_stages), per_stage.shape[1])[None]
+        pairs = np.concatenate([stages, np.tile(per_stage, num_stages)]).astype(np.int64)
+        return MatchedPairs.from_host(pairs, [per_stage.shape[1]] * num_stages, device)
 
 
 def build_denoising_queries(
@@ -117,8 +130,9 @@ def build_denoising_queries(
 
     query_class, query_boxes, pad_gt_mask, negative = _grouped_gts(
         gt_labels, gt_boxes, num_classes, max_gt, num_groups, device)
-    positive = (1 - negative).squeeze(-1) * pad_gt_mask
-    positive_idx = torch.nonzero(positive)[:, 1].split([n * num_groups for n in num_gts])
+    # Group g's positives sit at g * 2 * max_gt + (0 .. n_i - 1): known on the host.
+    group_starts = torch.arange(num_groups) * 2 * max_gt
+    positive_idx = [(group_starts[:, None] + torch.arange(n)).flatten() for n in num_gts]
     num_dn = 2 * max_gt * num_groups
 
     if label_noise_ratio > 0:
@@ -145,15 +159,13 @@ def _grouped_gts(gt_labels: Sequence[torch.Tensor], gt_boxes: Sequence[torch.Ten
         mask (B, Ndn, 1) float, 1 on negatives. Ndn = 2 * max_gt * num_groups.
     """
     bs = len(gt_labels)
-    query_class = torch.full((bs, max_gt), num_classes, dtype=torch.long, device=device)
-    query_boxes = torch.zeros((bs, max_gt, 4), device=device)
-    pad_gt_mask = torch.zeros((bs, max_gt), dtype=torch.bool, device=device)
-    for i, labels in enumerate(gt_labels):
-        n = len(labels)
-        if n:
-            query_class[i, :n] = labels
-            query_boxes[i, :n] = gt_boxes[i].to(query_boxes.dtype)
-            pad_gt_mask[i, :n] = True
+    pad = [0, max_gt - max((len(labels) for labels in gt_labels), default=0)]
+    query_class = F.pad(pad_sequence(list(gt_labels), batch_first=True, padding_value=num_classes),
+                        pad, value=num_classes).to(device=device, dtype=torch.long)
+    query_boxes = F.pad(pad_sequence(list(gt_boxes), batch_first=True), [0, 0] + pad)
+    query_boxes = query_boxes.to(device=device, dtype=torch.float32)
+    num_gts = torch.tensor([len(labels) for labels in gt_labels]).to(device)
+    pad_gt_mask = torch.arange(max_gt, device=device) < num_gts[:, None]
     negative = torch.zeros((bs, 2 * max_gt, 1), device=device)
     negative[:, max_gt:] = 1
     return (query_class.tile(1, 2 * num_groups), query_boxes.tile(1, 2 * num_groups, 1),
@@ -190,10 +202,8 @@ def _denoising_attn_mask(num_dn: int, num_queries: int, group_size: int, num_gro
     matching queries cannot see denoising ones, and the ``num_groups``
     denoising groups of ``group_size`` queries cannot see each other."""
     size = num_dn + num_queries
+    group = torch.arange(num_dn, device=device) // group_size
     attn_mask = torch.zeros((size, size), dtype=torch.bool, device=device)
     attn_mask[num_dn:, :num_dn] = True
-    for g in range(num_groups):
-        rows = slice(group_size * g, group_size * (g + 1))
-        attn_mask[rows, group_size * (g + 1):num_dn] = True
-        attn_mask[rows, :group_size * g] = True
+    attn_mask[:num_dn, :num_dn] = group[:, None] != group[None, :]
     return attn_mask

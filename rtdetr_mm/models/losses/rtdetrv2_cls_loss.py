@@ -1,6 +1,6 @@
 """Classification loss of the RT-DETRv2 head: VFL (official), sigmoid focal or
 sigmoid BCE, with a "no-object" (eos) weight and label smoothing."""
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -72,22 +72,29 @@ class RTDETRv2ClassificationLoss(nn.Module):
         self.loss_weight = loss_weight
 
     def forward(self, cls_score: torch.Tensor, labels: torch.Tensor,
-                iou_targets: torch.Tensor, avg_factor: float) -> torch.Tensor:
+                iou_targets: torch.Tensor,
+                avg_factor: Union[float, torch.Tensor]) -> torch.Tensor:
         """
         Args:
-            cls_score (Tensor): Logits, shape (N, C) (queries of all images).
-            labels (Tensor): Long (N,), GT class of each query or ``C`` for a
-                query matched to no GT.
-            iou_targets (Tensor): (N,), IoU of matched queries with their GT
-                (detached), 0 elsewhere. Used by ``'vfl'`` only.
-            avg_factor (float): Normaliser (GT boxes averaged over ranks).
+            cls_score (Tensor): Logits, shape (..., N, C) (queries of all
+                images; leading dims, e.g. decoder layers, are kept apart).
+            labels (Tensor): Long (..., N), GT class of each query or ``C``
+                for a query matched to no GT.
+            iou_targets (Tensor): (..., N), IoU of matched queries with their
+                GT (detached), 0 elsewhere. Used by ``'vfl'`` only.
+            avg_factor (float | Tensor): Normaliser (GT boxes averaged over
+                ranks; a 0-dim tensor, so it is never read on the host).
 
         Returns:
-            Tensor: Scalar loss.
+            Tensor: The loss summed over queries and classes, shape (...)
+            (a scalar for (N, C) logits).
         """
         cls_score = cls_score.float()  # the loss is always computed in fp32
         num_classes = cls_score.shape[-1]
-        onehot = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(cls_score.dtype)
+        # NOTE: not F.one_hot, which reads the labels' min and max on the host
+        # (CPU); a comparison gives the same one-hot with no host read.
+        classes = torch.arange(num_classes, device=labels.device)
+        onehot = (labels.unsqueeze(-1) == classes).to(cls_score.dtype)
         smoothed = onehot
         if self.label_smoothing > 0:
             smoothed = onehot * (1 - self.label_smoothing) + self.label_smoothing / num_classes
@@ -109,4 +116,4 @@ class RTDETRv2ClassificationLoss(nn.Module):
         if self.eos_coef != 1.0:
             unmatched = (labels == num_classes).to(loss.dtype).unsqueeze(-1)
             loss = loss * (1 - unmatched + self.eos_coef * unmatched)
-        return self.loss_weight * loss.sum() / avg_factor
+        return self.loss_weight * loss.sum((-2, -1)) / avg_factor

@@ -77,14 +77,18 @@ def test_group_layout_without_noise():
     # image 1's padding slots (1, 3, 5, 7) are never positives
     assert meta.num_groups == 2 and meta.num_dn_queries == 8
     assert [idx.tolist() for idx in meta.positive_idx] == [[0, 1, 4, 5], [0, 4]]
-    pairs = meta.gt_indices([2, 1])
-    assert [(q.tolist(), g.tolist()) for q, g in pairs] == [([0, 1, 4, 5], [0, 1, 0, 1]),
-                                                            ([0, 4], [0, 0])]
+    # the same pairs for each of 2 decoder layers; GT indices count in the GTs
+    # of both images concatenated (image 1's GT 0 is GT 2)
+    pairs = meta.matched_pairs([2, 1], 2, torch.device('cpu'))
+    assert pairs.counts == [6, 6]
+    assert list(zip(*(t.tolist() for t in pairs[:4]))) == [
+        (s, b, q, g) for s in range(2)
+        for b, q, g in [(0, 0, 0), (0, 1, 1), (0, 4, 0), (0, 5, 1), (1, 0, 2), (1, 4, 2)]]
     # each (query, GT) pair holds that GT's label and box
-    for img, (q, g) in enumerate(pairs):
-        assert _labels(content)[img, q].tolist() == labels[img][g].tolist()
-        boxes = [b0, b1][img]
-        torch.testing.assert_close(logits[img, q].sigmoid(), boxes[g], rtol=0, atol=2e-5)
+    all_labels, all_boxes = torch.cat(labels), torch.cat([b0, b1[:1]])
+    for b, q, g in zip(pairs.batch.tolist(), pairs.query.tolist(), pairs.gt.tolist()):
+        assert _labels(content)[b, q].item() == all_labels[g].item()
+        torch.testing.assert_close(logits[b, q].sigmoid(), all_boxes[g], rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize('num_gts,budget,groups,max_gt', [

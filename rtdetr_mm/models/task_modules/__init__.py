@@ -1,0 +1,1 @@
+from . import assigners  # noqa: F401
