@@ -119,10 +119,12 @@ class RTDETRv2BatchResize(BaseModule):
     def _draw_size(self, batch_hw: Tuple[int, int], device: torch.device) -> Tuple[int, int]:
         """Draw one of :meth:`candidate_sizes`; rank 0's draw wins in DDP."""
         sizes = self.candidate_sizes(batch_hw)
-        index = torch.tensor([random.randrange(len(sizes))], device=device)
-        if get_dist_info()[1] > 1:
-            broadcast(index, src=0)
-        return sizes[int(index.item())]
+        index = random.randrange(len(sizes))
+        if get_dist_info()[1] > 1:  # the only host read of a device value here
+            shared = torch.tensor([index], device=device)
+            broadcast(shared, src=0)
+            index = int(shared.item())
+        return sizes[index]
 
     def forward(self, inputs: Tensor, data_samples: SampleList) -> Tuple[Tensor, SampleList]:
         """Resize the batch and its annotations.

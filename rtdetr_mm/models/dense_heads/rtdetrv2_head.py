@@ -14,6 +14,7 @@ from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, InstanceList, OptConfigType
 from mmengine.model import BaseModule, bias_init_with_prob, constant_init
 from mmengine.structures import InstanceData
+from torch.profiler import record_function
 
 from ..layers.anchors import generate_anchors
 from ..layers.conv_norm import ConvNormLayer
@@ -74,6 +75,11 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
 
     Training: :meth:`loss` of :class:`RTDETRv2HeadLossMixin` (the official
     criterion, in ``rtdetrv2_head_loss.py``). Inference: :meth:`predict`.
+
+    The stages carry ``torch.profiler.record_function`` labels
+    (``rtdetr_mm:denoising``, ``:query_selection``, ``:decoder``,
+    ``:matching``, ``:loss``), so a profile breaks a step down by stage
+    (``tools/analysis_tools/benchmark_vs_hf.py --profile``).
 
     Args:
         num_classes (int): Object classes (no background logit: sigmoid).
@@ -230,19 +236,22 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
 
         dn_content = dn_boxes_logit = attn_mask = dn_meta = None
         if self.training and self.dn_cfg['num_denoising'] > 0 and gt_labels is not None:
-            dn_content, dn_boxes_logit, attn_mask, dn_meta = build_denoising_queries(
-                gt_labels, gt_boxes, self.num_classes, num_queries,
-                self.denoising_class_embed, **self.dn_cfg)
+            with record_function('rtdetr_mm:denoising'):
+                dn_content, dn_boxes_logit, attn_mask, dn_meta = build_denoising_queries(
+                    gt_labels, gt_boxes, self.num_classes, num_queries,
+                    self.denoising_class_embed, **self.dn_cfg)
 
-        content, ref_logit, enc_logits, enc_boxes = self._select_queries(
-            memory, spatial_shapes, num_queries)
+        with record_function('rtdetr_mm:query_selection'):
+            content, ref_logit, enc_logits, enc_boxes = self._select_queries(
+                memory, spatial_shapes, num_queries)
         if dn_meta is not None:
             content = torch.cat([dn_content.to(content.dtype), content], 1)
             ref_logit = torch.cat([dn_boxes_logit.to(ref_logit.dtype), ref_logit], 1)
 
-        boxes, logits = self.decoder(content, ref_logit, memory, spatial_shapes,
-                                     self.dec_bbox_head, self.dec_score_head,
-                                     self.query_pos_head, attn_mask=attn_mask)
+        with record_function('rtdetr_mm:decoder'):
+            boxes, logits = self.decoder(content, ref_logit, memory, spatial_shapes,
+                                         self.dec_bbox_head, self.dec_score_head,
+                                         self.query_pos_head, attn_mask=attn_mask)
         outs = RTDETRv2HeadOutputs(cls_scores=logits, bbox_preds=boxes,
                                    enc_cls_scores=enc_logits, enc_bbox_preds=enc_boxes)
         if dn_meta is not None:
