@@ -123,7 +123,7 @@ def build_denoising_queries(
         return None, None, None, None
     num_gts = [len(labels) for labels in gt_labels]
     device = class_embed.weight.device
-    max_gt = max(num_gts, default=0)
+    max_gt = max([0] + num_gts)  # (not max(default=): torch.compile traces this form)
     # Empty batch: one group of 2 padding queries (see NOTE above).
     num_groups = max(num_denoising // max_gt, 1) if max_gt else 1
     max_gt = max(max_gt, 1)
@@ -159,7 +159,7 @@ def _grouped_gts(gt_labels: Sequence[torch.Tensor], gt_boxes: Sequence[torch.Ten
         mask (B, Ndn, 1) float, 1 on negatives. Ndn = 2 * max_gt * num_groups.
     """
     bs = len(gt_labels)
-    pad = [0, max_gt - max((len(labels) for labels in gt_labels), default=0)]
+    pad = [0, max_gt - max([0] + [len(labels) for labels in gt_labels])]
     query_class = F.pad(pad_sequence(list(gt_labels), batch_first=True, padding_value=num_classes),
                         pad, value=num_classes).to(device=device, dtype=torch.long)
     query_boxes = F.pad(pad_sequence(list(gt_boxes), batch_first=True), [0, 0] + pad)

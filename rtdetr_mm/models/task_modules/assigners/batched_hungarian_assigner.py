@@ -144,7 +144,7 @@ class RTDETRv2HungarianAssigner(HungarianAssigner):
         """
         num_stages, bs, num_queries = cls_scores.shape[:3]
         num_gts = [len(labels) for labels in gt_labels]
-        max_gt = max(num_gts, default=0)
+        max_gt = max([0] + num_gts)  # (not max(default=): torch.compile traces this form)
         device = cls_scores.device
         if max_gt == 0:
             return MatchedPairs.from_host(np.zeros((4, 0), np.int64), [0] * num_stages, device)
@@ -153,20 +153,29 @@ class RTDETRv2HungarianAssigner(HungarianAssigner):
         cost = self.batched_cost(cls_scores, bbox_preds, padded_labels, padded_boxes)
         cost = torch.nan_to_num(cost, nan=NONFINITE_COST, posinf=NONFINITE_COST,
                                 neginf=-NONFINITE_COST)
-        cost = cost.cpu().numpy()  # the one device-to-host copy of the step's matching
-        gt_offsets = np.cumsum([0] + num_gts[:-1])
-        chunks, counts = [], []
-        for stage in range(num_stages):
-            count = 0
-            for image, n in enumerate(num_gts):
-                if n == 0:
-                    continue
-                rows, cols = linear_sum_assignment(cost[stage, image, :, :n])
-                chunks.append(np.stack([np.full_like(rows, stage), np.full_like(rows, image),
-                                        rows, cols + gt_offsets[image]]))
-                count += len(rows)
-            counts.append(count)
-        return MatchedPairs.from_host(np.concatenate(chunks, 1).astype(np.int64), counts, device)
+        return _solve_on_host(cost, num_gts, device)
+
+
+@torch.compiler.disable
+def _solve_on_host(cost: torch.Tensor, num_gts: List[int], device: torch.device
+                   ) -> MatchedPairs:
+    """Solve every (output, image) assignment of an (S, B, Nq, G) cost with
+    scipy. Kept out of ``torch.compile`` as one piece (one graph break
+    instead of one per scipy call)."""
+    cost = cost.cpu().numpy()  # the one device-to-host copy of the step's matching
+    gt_offsets = np.cumsum([0] + num_gts[:-1])
+    chunks, counts = [], []
+    for stage in range(cost.shape[0]):
+        count = 0
+        for image, n in enumerate(num_gts):
+            if n == 0:
+                continue
+            rows, cols = linear_sum_assignment(cost[stage, image, :, :n])
+            chunks.append(np.stack([np.full_like(rows, stage), np.full_like(rows, image),
+                                    rows, cols + gt_offsets[image]]))
+            count += len(rows)
+        counts.append(count)
+    return MatchedPairs.from_host(np.concatenate(chunks, 1).astype(np.int64), counts, device)
 
 
 def _focal_cost(cls_scores: torch.Tensor, gt_labels: torch.Tensor,
