@@ -9,6 +9,7 @@ from mmcv.cnn import build_activation_layer
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
 from mmengine.model import BaseModule
+from torch.utils.checkpoint import checkpoint
 
 from ..layers.conv_norm import ConvNormLayer
 from ..layers.frozen_bn import freeze_batch_norms
@@ -68,11 +69,13 @@ class BottleNeck(nn.Module):
 
 
 class _Stage(nn.Module):
-    """Blocks of one stage (submodules ``blocks.{i}``)."""
+    """Blocks of one stage (submodules ``blocks.{i}``); with ``with_cp`` each
+    block is run under activation checkpointing when gradients are on."""
 
     def __init__(self, block, in_channels: int, channels: int, count: int, stride: int,
-                 act_cfg: ConfigType, variant: str) -> None:
+                 act_cfg: ConfigType, variant: str, with_cp: bool = False) -> None:
         super().__init__()
+        self.with_cp = with_cp
         self.blocks = nn.ModuleList()
         for i in range(count):
             self.blocks.append(block(in_channels, channels, stride if i == 0 else 1,
@@ -81,7 +84,10 @@ class _Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x)
+            if self.with_cp and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return x
 
 
@@ -108,6 +114,12 @@ class PResNet(BaseModule):
         freeze_at (int): -1 freezes nothing; k >= 0 freezes the stem and the
             first k stages (``requires_grad=False``).
         freeze_norm (bool): Replace every BatchNorm2d by FrozenBatchNorm2d.
+        with_cp (bool): Activation checkpointing of every residual block
+            (mmdet's ``with_cp``): the block's activations are recomputed in
+            the backward pass instead of kept: less memory for one more
+            forward of each block. NOTE: a trainable
+            BatchNorm (``freeze_norm=False``) then updates its running
+            statistics twice per step, as in mmdet's ResNet.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained',
             checkpoint=...)`` with a converted ImageNet checkpoint.
     """
@@ -115,7 +127,8 @@ class PResNet(BaseModule):
     def __init__(self, depth: int = 50, variant: str = 'd', num_stages: int = 4,
                  return_idx: Sequence[int] = (1, 2, 3),
                  act_cfg: ConfigType = dict(type='ReLU'),
-                 freeze_at: int = -1, freeze_norm: bool = False, init_cfg=None) -> None:
+                 freeze_at: int = -1, freeze_norm: bool = False, with_cp: bool = False,
+                 init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if depth not in _BLOCKS_PER_STAGE:
             raise ValueError(f'PResNet depth must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}')
@@ -137,7 +150,7 @@ class PResNet(BaseModule):
         for i in range(num_stages):
             self.res_layers.append(_Stage(block, in_channels, base[i], _BLOCKS_PER_STAGE[depth][i],
                                           stride=1 if i == 0 else 2, act_cfg=act_cfg,
-                                          variant=variant))
+                                          variant=variant, with_cp=with_cp))
             in_channels = self.out_channels[i]
         if freeze_at >= 0:
             frozen = [self.conv1] + list(self.res_layers[:min(freeze_at, num_stages)])
