@@ -1,6 +1,4 @@
 """RepVGG block and CSP-RepVGG layer of the RT-DETR hybrid encoder (CCFF)."""
-from typing import Tuple
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -8,15 +6,7 @@ from mmcv.cnn import build_activation_layer
 from mmdet.utils import ConfigType
 
 from .conv_norm import ConvNormLayer
-
-
-def _fuse_conv_bn(layer: ConvNormLayer) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Kernel and bias of the conv+BN pair in eval mode."""
-    bn = layer.norm
-    std = (bn.running_var + bn.eps).sqrt()
-    scale = bn.weight / std
-    kernel = layer.conv.weight * scale.reshape(-1, 1, 1, 1)
-    return kernel, bn.bias - bn.running_mean * scale
+from .reparameterize import fold_conv_bn
 
 
 class RepVggBlock(nn.Module):
@@ -46,8 +36,8 @@ class RepVggBlock(nn.Module):
         and drop the branches; outputs are unchanged in eval mode."""
         if hasattr(self, 'conv'):
             return
-        k3, b3 = _fuse_conv_bn(self.conv1)
-        k1, b1 = _fuse_conv_bn(self.conv2)
+        k3, b3 = fold_conv_bn(self.conv1.conv, self.conv1.norm)
+        k1, b1 = fold_conv_bn(self.conv2.conv, self.conv2.norm)
         self.conv = nn.Conv2d(self.channels, self.channels, 3, 1, padding=1).to(k3)
         self.conv.weight.copy_(k3 + F.pad(k1, [1, 1, 1, 1]))
         self.conv.bias.copy_(b3 + b1)

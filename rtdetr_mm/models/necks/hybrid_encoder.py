@@ -12,8 +12,9 @@ from mmengine.model import BaseModule
 
 from ..layers.aifi_layer import AIFIEncoder
 from ..layers.conv_norm import ConvNormLayer
-from ..layers.csp_rep_layer import CSPRepLayer, RepVggBlock
+from ..layers.csp_rep_layer import CSPRepLayer
 from ..layers.positional_encoding import build_2d_sincos_position_embedding
+from ..layers.reparameterize import reparameterize_
 
 
 @MODELS.register_module()
@@ -117,7 +118,6 @@ class RTDETRv2HybridEncoder(BaseModule):
         return tuple(outs)
 
     def switch_to_deploy(self) -> None:
-        """Fuse every RepVGG block (3x3 + 1x1 conv-BN -> one 3x3 conv)."""
-        for module in self.modules():
-            if isinstance(module, RepVggBlock):
-                module.convert_to_deploy()
+        """Fuse every RepVGG block (3x3 + 1x1 conv-BN -> one 3x3 conv) and
+        fold every other conv-BN, in place (``layers/reparameterize.py``)."""
+        reparameterize_(self)
