@@ -1,12 +1,13 @@
 """ONNX export of RT-DETRv2: a traceable end-to-end wrapper (pixels in,
-top-K detections out), RepVGG fusion, export and an onnxruntime check.
+top-K detections out), fusion (RepVGG merged, BN folded), export and an
+onnxruntime check.
 
 The exported graph::
 
     images (B, 3, H, W) float32, RGB, values in [0, 1]
     orig_target_sizes (B, 2) int64, (w, h) of each original image  [optional]
       -> pixel normalisation of the config's data_preprocessor (folded in)
-      -> backbone -> hybrid encoder (RepVGG fused) -> RTDETRv2Head decoder
+      -> backbone -> hybrid encoder (RepVGG and BN fused) -> RTDETRv2Head decoder
       -> sigmoid, top-K over (query, class) pairs   (RTDETRv2Head.predict)
     labels (B, K) int64, boxes (B, K, 4) float32 xyxy pixels, scores (B, K)
 
@@ -30,7 +31,6 @@ int64 indices (TensorRT computes them in int32) and the int64 ``labels``
 output (TensorRT < 10 returns int32). Invalid encoder anchors are +inf
 constants (only reached through ``sigmoid``); TensorRT accepts them.
 """
-import copy
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -40,6 +40,7 @@ from scipy.optimize import linear_sum_assignment
 
 from rtdetr_mm.datasets.walk import first_resize_scale, leaf_datasets
 from rtdetr_mm.models.layers.postprocess import topk_detections
+from rtdetr_mm.models.layers.reparameterize import reparameterized_copy
 from rtdetr_mm.engine.runner.image_size import check_image_size, resolved_copy
 
 DEFAULT_OPSET = 17
@@ -165,14 +166,13 @@ def build_detector(config: str, checkpoint: Optional[str], sampling: str = 'grid
 
 def fuse_for_deploy(detector: nn.Module) -> nn.Module:
     """A fused copy of ``detector`` (RepVGG branches -> one 3x3 conv each,
-    ``switch_to_deploy``); ``detector`` itself is left unfused.
+    every BN folded into its conv): ``reparameterized_copy``, the copy the
+    detector's own inference runs; ``detector`` itself is left unfused.
 
     Returns:
         nn.Module: The fused copy, in eval mode.
     """
-    fused = copy.deepcopy(detector).eval()
-    fused.switch_to_deploy()
-    return fused
+    return reparameterized_copy(detector)
 
 
 def config_input_size(config: str) -> Tuple[int, int]:
@@ -360,7 +360,7 @@ def verify_onnx(onnx_file: str, reference: nn.Module, input_size: Tuple[int, int
     Args:
         onnx_file (str): Exported file.
         reference (nn.Module): PyTorch detector to compare with; pass the
-            UNFUSED model to also check the RepVGG fusion.
+            UNFUSED model to also check the fusion.
         input_size (tuple[int, int]): (H, W) the file was exported at.
         batch (int): Images compared (the file's batch unless dynamic).
         seed (int): Seed of the example images.

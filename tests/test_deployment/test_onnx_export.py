@@ -171,10 +171,12 @@ def test_export_is_deterministic(grid_model, tmp_path):
 
 def test_postprocessing_equals_head_predict(grid_model):
     """The wrapper's top-K (with orig_target_sizes) equals the detector's own
-    mmdet predict path with rescaling to the original image size."""
+    mmdet predict path with rescaling to the original image size. Both run
+    the fused copy (``predict`` in eval mode runs it; ``fuse_for_deploy`` is
+    the same fold), so only the post-processing is compared."""
     from mmdet.structures import DetDataSample
 
-    from rtdetr_mm.deployment import run_pytorch
+    from rtdetr_mm.deployment import fuse_for_deploy, run_pytorch
     from rtdetr_mm.deployment.onnx_export import example_inputs
     images, sizes = example_inputs(2, INPUT_SIZE, seed=3)
     h, w = INPUT_SIZE
@@ -185,7 +187,7 @@ def test_postprocessing_equals_head_predict(grid_model):
             scale_factor=(w / w0, h / h0))))
     with torch.no_grad():
         results = grid_model.predict(images, samples, rescale=True)
-    ours = run_pytorch(grid_model, INPUT_SIZE, images, sizes)
+    ours = run_pytorch(fuse_for_deploy(grid_model), INPUT_SIZE, images, sizes)
     for i, result in enumerate(results):
         pred = result.pred_instances
         assert ours['scores'][i].shape == pred.scores.shape == (300, )

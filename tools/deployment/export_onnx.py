@@ -17,7 +17,9 @@ The file has the official deploy model's interface:
              orig_target_sizes (else of H x W), scores (N, K) float32;
              K = test_cfg.max_per_img, sorted by score, no threshold applied.
 
-RepVGG branches are fused (``switch_to_deploy``) before export; the check runs
+RepVGG branches are merged and every BN folded into its conv
+(``fuse_for_deploy``, the copy the detector's own inference runs) before
+export; the check runs
 onnxruntime on deterministic images and compares its detections, matched as
 sets, with the UNFUSED PyTorch model, prints the largest score and box
 differences and exits with status 1 when they exceed the tolerances.
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
                 with_orig_target_sizes=not args.no_orig_target_sizes)
     print(f'exported {out} (opset {args.opset}, {args.sampling} sampling, input '
           f'{input_size[0]}x{input_size[1]}, batch '
-          f'{"dynamic" if args.dynamic_batch else args.batch}, RepVGG fused)')
+          f'{"dynamic" if args.dynamic_batch else args.batch}, RepVGG and BN fused)')
     if args.no_check:
         return 0
 

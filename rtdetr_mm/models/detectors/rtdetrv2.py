@@ -1,7 +1,47 @@
 """RT-DETRv2 detector."""
+import itertools
+from typing import Tuple
+
+import torch.nn as nn
 from mmdet.models.detectors import SingleStageDetector
 from mmdet.registry import MODELS
+from mmdet.structures import OptSampleList, SampleList
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
+from torch import Tensor
+
+from ..layers.reparameterize import reparameterize_, reparameterized_copy
+
+
+class _InferenceCopyCache:
+    """Holds the detector's fused inference copy OUTSIDE its module tree.
+
+    A plain object on purpose: ``nn.Module.__setattr__`` registers any
+    module attribute as a submodule, and the copy would then be in
+    ``state_dict()`` (checkpoints), ``parameters()`` (the optimizer), moved
+    by ``.to()`` and switched by ``train()``. Copying or pickling the holder
+    gives an empty one (``__reduce__``), so ``copy.deepcopy(detector)`` (EMA
+    models, ``reparameterized_copy`` itself) and ``torch.save(detector)``
+    never carry the copy along.
+    """
+    __slots__ = ('model', 'fingerprint')
+
+    def __init__(self) -> None:
+        self.model = None
+        self.fingerprint = None
+
+    def clear(self) -> None:
+        self.model = None
+        self.fingerprint = None
+
+    def __reduce__(self):
+        return (_InferenceCopyCache, ())
+
+
+def _drop_inference_copy(module: nn.Module, incompatible_keys) -> None:
+    """``load_state_dict`` post hook (torch's and mmengine's loaders both
+    call it): the loaded weights were copied in place, so the fingerprint
+    would not see them."""
+    module.invalidate_inference_copy()
 
 
 @MODELS.register_module()
@@ -30,18 +70,96 @@ class RTDETRv2(SingleStageDetector):
         test_cfg (dict, optional): Passed to the head (``max_per_img``).
         data_preprocessor (dict, optional): Usually ``DetDataPreprocessor``
             with mean 0, std 255, ``bgr_to_rgb=True``.
+        reparameterize (bool): In eval mode, ``predict`` and ``_forward`` run a
+            fused copy (``layers/reparameterize.py``: RepVGG blocks merged,
+            every BN folded into its conv), so validation, ``tools/test.py``,
+            ``DetInferencer`` and ``init_detector`` models run fewer ops;
+            the detector's own weights are never changed. False: inference
+            runs the detector itself.
         init_cfg (dict, optional): mmengine init config.
+
+    The fused copy is built lazily at the first inference call and cached.
+    It is dropped by ``train(mode)`` (so also by ``eval()``, which mmengine's
+    ValLoop / TestLoop call after the EMA hook has swapped the averaged
+    weights in, in place) and by ``load_state_dict`` (torch's or mmengine's,
+    through a post hook), and rebuilt when the parameters and buffers are no
+    longer the same tensors: a fingerprint of their ``data_ptr()``, device
+    and dtype catches ``.to()`` / ``.cuda()`` / ``.half()`` and ``.data``
+    swaps. NOT caught: weights edited in place while in eval mode (e.g.
+    ``p.data.copy_(...)`` or ``p.add_(...)`` under ``no_grad`` after a
+    prediction), or freed tensors replaced by new ones at exactly the same
+    addresses; call :meth:`invalidate_inference_copy` after such edits. The
+    copy's parameters do not require gradients: gradients with respect to
+    the weights through ``predict`` in eval mode need ``reparameterize=False``.
     """
 
     def __init__(self, backbone: ConfigType, neck: ConfigType, bbox_head: ConfigType,
                  train_cfg: OptConfigType = None, test_cfg: OptConfigType = None,
-                 data_preprocessor: OptConfigType = None,
+                 data_preprocessor: OptConfigType = None, reparameterize: bool = True,
                  init_cfg: OptMultiConfig = None) -> None:
         super().__init__(backbone=backbone, neck=neck, bbox_head=bbox_head,
                          train_cfg=train_cfg, test_cfg=test_cfg,
                          data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.reparameterize = bool(reparameterize)
+        self._inference_copy_cache = _InferenceCopyCache()
+        self.register_load_state_dict_post_hook(_drop_inference_copy)
+
+    def invalidate_inference_copy(self) -> None:
+        """Drop the cached fused copy; the next inference call rebuilds it
+        from the current weights. Needed only after in-place weight edits
+        in eval mode (see the class docstring)."""
+        cache = self.__dict__.get('_inference_copy_cache')
+        if cache is not None:
+            cache.clear()
+
+    def _weights_fingerprint(self) -> Tuple:
+        """(data_ptr, device, dtype) of every parameter and buffer."""
+        return tuple((t.data_ptr(), t.device, t.dtype)
+                     for t in itertools.chain(self.parameters(), self.buffers()))
+
+    def inference_model(self) -> nn.Module:
+        """The module inference runs: ``self`` while training or with
+        ``reparameterize`` off, else the cached fused copy (built now when
+        missing or stale; see the class docstring)."""
+        if self.training or not self.reparameterize:
+            return self
+        cache = self._inference_copy_cache
+        fingerprint = self._weights_fingerprint()
+        model = cache.model
+        if model is None or cache.fingerprint != fingerprint:
+            cache.clear()  # free the stale copy before building the next one
+            model = reparameterized_copy(self)
+            cache.model, cache.fingerprint = model, fingerprint
+        return model
+
+    def train(self, mode: bool = True) -> 'RTDETRv2':
+        """Set the mode (``eval()`` calls this too) and drop the fused copy."""
+        self.invalidate_inference_copy()
+        return super().train(mode)
+
+    def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList,
+                rescale: bool = True) -> SampleList:
+        """mmdet's ``predict`` (images (B, 3, H, W) -> data samples with
+        ``pred_instances``), run by :meth:`inference_model`."""
+        model = self.inference_model()
+        if model is not self:
+            return model.predict(batch_inputs, batch_data_samples, rescale=rescale)
+        return super().predict(batch_inputs, batch_data_samples, rescale=rescale)
+
+    def _forward(self, batch_inputs: Tensor, batch_data_samples: OptSampleList = None):
+        """mmdet's tensor forward (raw head outputs), run by
+        :meth:`inference_model` (FLOP counting traces the fused model)."""
+        model = self.inference_model()
+        if model is not self:
+            return model._forward(batch_inputs, batch_data_samples)
+        return super()._forward(batch_inputs, batch_data_samples)
 
     def switch_to_deploy(self) -> None:
-        """Fuse the neck's RepVGG branches for deployment (outputs unchanged)."""
-        if hasattr(self.neck, 'switch_to_deploy'):
-            self.neck.switch_to_deploy()
+        """Fuse the RepVGG blocks and fold every conv-BN IN PLACE, for
+        deployment (outputs unchanged in eval mode; the state dict changes:
+        norm entries go, convs get biases). ``reparameterize`` is turned off
+        (nothing left to fold). To keep the detector unchanged use
+        ``layers.reparameterize.reparameterized_copy``."""
+        reparameterize_(self)
+        self.reparameterize = False
+        self.invalidate_inference_copy()
