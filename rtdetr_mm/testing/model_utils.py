@@ -63,3 +63,25 @@ def redraw_like_trained_(model: torch.nn.Module, seed: int) -> None:
             b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
         elif name.endswith('running_var'):
             b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+
+
+@torch.no_grad()
+def calibrate_batch_norms_(detector: torch.nn.Module, images: torch.Tensor) -> None:
+    """Every ``nn.BatchNorm2d``'s running statistics := those of its input on
+    ``images`` (B, 3, H, W) (one training-mode pass, momentum 1), the
+    variance floored at its per-layer median; the detector is left in eval
+    mode. Activations then have a trained network's scale, so folding a BN
+    is not a near-identity, and the floor keeps nearly constant channels of
+    random filters from amplifying float noise (a trained network shrinks
+    them with the BN weight). Call it before freezing norms: a
+    ``FrozenBatchNorm2d`` is not calibrated."""
+    bns = [m for m in detector.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 1.0
+    detector.train()
+    detector.bbox_head(detector.extract_feat(images))
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+        bn.running_var.clamp_(min=float(bn.running_var.median()))
+    detector.eval()
