@@ -189,6 +189,19 @@ def test_predict_runs_the_cached_fused_copy(models):
     model.eval()
 
 
+def test_copy_built_under_inference_mode_serves_autograd(models):
+    """A copy first built under torch.inference_mode (benchmarks, user code)
+    holds normal tensors: a later predict with an input that requires grad
+    (saliency maps) still backpropagates to the input."""
+    model = models['r18vd']
+    model.invalidate_inference_copy()
+    with torch.inference_mode():
+        model.predict(_images(), _samples(2), rescale=False)
+    images = _images().requires_grad_(True)
+    model.predict(images, _samples(2), rescale=False)[0].pred_instances.scores.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
 def test_training_weights_unchanged_and_copy_follows_the_weights():
     model = _build('r18vd')
     before = _state(model)

@@ -2,6 +2,7 @@
 import itertools
 from typing import Tuple
 
+import torch
 import torch.nn as nn
 from mmdet.models.detectors import SingleStageDetector
 from mmdet.registry import MODELS
@@ -128,7 +129,10 @@ class RTDETRv2(SingleStageDetector):
         model = cache.model
         if model is None or cache.fingerprint != fingerprint:
             cache.clear()  # free the stale copy before building the next one
-            model = reparameterized_copy(self)
+            # normal tensors even when first called under inference_mode
+            # (inference tensors could not be used with autograd later)
+            with torch.inference_mode(False):
+                model = reparameterized_copy(self)
             cache.model, cache.fingerprint = model, fingerprint
         return model
 
