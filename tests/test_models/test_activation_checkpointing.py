@@ -67,3 +67,27 @@ def test_backbone_with_cp_off_in_inference():
     with torch.no_grad():
         model(torch.rand(1, 3, 64, 64))
     assert len(calls) == 8 and all(stage.with_cp for stage in model.res_layers)
+
+
+def test_encoder_with_cp_same_gradients_less_kept():
+    from rtdetr_mm.models.layers.aifi_layer import AIFIEncoder
+    from rtdetr_mm.models.layers.csp_rep_layer import CSPRepLayer
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    plain = MODELS.build(dict(type='RTDETRv2HybridEncoder', in_channels=(32, 64, 128),
+                              hidden_dim=32, num_heads=2, dim_feedforward=64))
+    # eval-mode BN: the statistics the two runs use are the same (see with_cp's NOTE)
+    plain.eval()
+    ckpt = copy.deepcopy(plain)
+    ckpt.with_cp = True
+    feats = [torch.rand(1, c, s, s) for c, s in ((32, 16), (64, 8), (128, 4))]
+    calls = _count_forwards(ckpt, (AIFIEncoder, CSPRepLayer))
+    kept_ckpt, outs_ckpt, grads_ckpt = _saved_bytes_and_grads(ckpt, feats)
+    kept_plain, outs_plain, grads_plain = _saved_bytes_and_grads(plain, feats)
+    for a, b in zip(outs_ckpt, outs_plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert grads_ckpt.keys() == grads_plain.keys() and grads_plain
+    for name in grads_plain:
+        torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-6, atol=1e-7)
+    assert len(calls) == 2 * (1 + 2 + 2)  # 1 AIFI encoder, 2 FPN + 2 PAN CSP layers
+    assert kept_ckpt < 0.6 * kept_plain, (kept_ckpt, kept_plain)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
 from mmengine.model import BaseModule
+from torch.utils.checkpoint import checkpoint
 
 from ..layers.aifi_layer import AIFIEncoder
 from ..layers.conv_norm import ConvNormLayer
@@ -43,6 +44,11 @@ class RTDETRv2HybridEncoder(BaseModule):
         expansion (float): CSPRepLayer hidden ratio.
         depth_mult (float): RepVGG blocks per CSPRepLayer = round(3 * depth_mult).
         act_cfg (dict): Activation of the CCFF conv blocks.
+        with_cp (bool): Activation checkpointing (mmdet's ``with_cp``) of the
+            AIFI encoders and of every CSPRepLayer: their activations are
+            recomputed in the backward pass instead of kept. NOTE: the
+            CSPRepLayers' BatchNorms then update their running statistics
+            twice per training step, as mmdet's ``with_cp`` blocks do.
         init_cfg (dict, optional): mmengine init config.
     """
 
@@ -53,7 +59,7 @@ class RTDETRv2HybridEncoder(BaseModule):
                  use_encoder_idx: Sequence[int] = (2,),
                  num_encoder_layers: int = 1, pe_temperature: float = 10000.0,
                  expansion: float = 1.0, depth_mult: float = 1.0,
-                 act_cfg: ConfigType = dict(type='SiLU'),
+                 act_cfg: ConfigType = dict(type='SiLU'), with_cp: bool = False,
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.in_channels = list(in_channels)
@@ -61,6 +67,7 @@ class RTDETRv2HybridEncoder(BaseModule):
         self.use_encoder_idx = list(use_encoder_idx)
         self.num_encoder_layers = num_encoder_layers
         self.pe_temperature = pe_temperature
+        self.with_cp = with_cp
         self._pos_cache: Dict[tuple, torch.Tensor] = {}
         self.input_proj = nn.ModuleList(ConvNormLayer(c, hidden_dim, 1) for c in in_channels)
         self.encoder = nn.ModuleList(
@@ -99,7 +106,7 @@ class RTDETRv2HybridEncoder(BaseModule):
         for encoder, level in zip(self.encoder, self.use_encoder_idx):
             b, c, h, w = proj[level].shape
             tokens = proj[level].flatten(2).transpose(1, 2)
-            tokens = encoder(tokens, self._pos_embed(h, w, tokens))
+            tokens = self._run(encoder, tokens, self._pos_embed(h, w, tokens))
             proj[level] = tokens.transpose(1, 2).reshape(b, c, h, w).contiguous()
 
         # Top-down (FPN): from the coarsest level to the finest.
@@ -109,13 +116,20 @@ class RTDETRv2HybridEncoder(BaseModule):
             top = self.lateral_convs[i](inner[0])
             inner[0] = top
             upsampled = F.interpolate(top, scale_factor=2.0, mode='nearest')
-            inner.insert(0, self.fpn_blocks[i](torch.cat([upsampled, proj[level - 1]], 1)))
+            fused = torch.cat([upsampled, proj[level - 1]], 1)
+            inner.insert(0, self._run(self.fpn_blocks[i], fused))
         # Bottom-up (PAN).
         outs = [inner[0]]
         for i in range(num_levels - 1):
             down = self.downsample_convs[i](outs[-1])
-            outs.append(self.pan_blocks[i](torch.cat([down, inner[i + 1]], 1)))
+            outs.append(self._run(self.pan_blocks[i], torch.cat([down, inner[i + 1]], 1)))
         return tuple(outs)
+
+    def _run(self, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+        """``module(*inputs)``, checkpointed with ``with_cp`` when gradients are on."""
+        if self.with_cp and torch.is_grad_enabled():
+            return checkpoint(module, *inputs, use_reentrant=False)
+        return module(*inputs)
 
     def switch_to_deploy(self) -> None:
         """Fuse every RepVGG block (3x3 + 1x1 conv-BN -> one 3x3 conv) and
