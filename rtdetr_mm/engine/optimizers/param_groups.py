@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import torch.nn as nn
 from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS
-from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.logging import print_log
 
 
@@ -35,6 +35,21 @@ class RTDETRv2OptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 raise ValueError('optim_wrapper.paramwise_cfg.groups entries take regex, '
                                  f'lr_mult and decay_mult; got {dict(rule)}')
             self.group_rules.append(dict(rule, pattern=re.compile(rule['regex'])))
+
+    def __call__(self, model: nn.Module) -> OptimWrapper:
+        """mmengine's construction, with the optimizer's parameter groups as
+        plain dicts.
+
+        NOTE: mmengine hands the group list to the optimizer through a
+        ``ConfigDict``, which turns every group into a ``ConfigDict``;
+        ``torch.compile`` cannot trace an optimizer step over such groups
+        (mmengine's ``compile=True`` then fails in dynamo), so the groups are
+        turned back into dicts (same keys, same parameter objects).
+        """
+        optim_wrapper = super().__call__(model)
+        groups = optim_wrapper.optimizer.param_groups
+        groups[:] = [dict(group) for group in groups]
+        return optim_wrapper
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',
                    is_dcn_module=None) -> None:

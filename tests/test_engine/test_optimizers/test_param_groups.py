@@ -267,6 +267,15 @@ def test_first_matching_rule_wins_and_frozen_parameters_stay_out():
     assert not any(n.startswith('backbone.stem') for n in counts)
 
 
+def test_optimizer_groups_are_plain_dicts_that_torch_compile_traces():
+    """mmengine would leave them ConfigDicts, on which dynamo fails to trace
+    AdamW.step (compile=True)."""
+    rules = [dict(regex=r'(norm|bn)', decay_mult=0.0)]
+    optimizer = _build(dict(OPTIM, paramwise_cfg=dict(groups=rules)), _Toy()).optimizer
+    assert [type(g) for g in optimizer.param_groups] == [dict, dict]
+    assert optimizer.param_groups[0]['weight_decay'] == 0.0
+
+
 def test_search_not_match_semantics():
     """A rule without ``^`` matches anywhere in the name (``re.search``)."""
     model = _Toy()
