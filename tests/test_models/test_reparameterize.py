@@ -320,3 +320,29 @@ def test_validation_runs_the_ema_weights_and_leaves_training_weights_bit_identic
     assert diffs['count_mismatches'] == 0 and diffs['matched'] > 100, diffs
     assert diffs['max_score_diff'] < SCORE_TOL and diffs['max_box_diff'] < BOX_TOL, diffs
     _assert_differ(validated, outputs_of(before))  # the training weights predict otherwise
+
+
+def test_channels_last_changes_the_layout_not_the_values(models):
+    """The fused copy runs NHWC (conv weights and images), with the values
+    of the NCHW copy; the training detector stays NCHW."""
+    model = models['r18vd']
+    assert model.channels_last is True  # the config default
+    fused = model.inference_model()
+    convs = [m.weight for m in fused.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, nn.Conv2d))
+    layouts = []
+    hook = fused.backbone.register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    try:
+        nhwc = _predict(model)
+    finally:
+        hook.remove()
+    assert layouts == [True]
+    model.channels_last = False
+    model.invalidate_inference_copy()
+    try:
+        _assert_same(nhwc, _predict(model))
+    finally:
+        model.channels_last = True
+        model.invalidate_inference_copy()

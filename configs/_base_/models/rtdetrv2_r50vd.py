@@ -5,6 +5,7 @@ num_classes = 80  # object classes (sigmoid logits, no background logit)
 model = dict(
     type='RTDETRv2',
     reparameterize=True,  # inference runs a cached fused copy (BN folded, RepVGG merged)
+    channels_last=True,   # the fused copy runs NHWC (same values, faster; docs/performance.md)
     data_preprocessor=dict(
         type='DetDataPreprocessor',
         # The official model sees RGB pixels / 255: no mean/std normalisation.
