@@ -185,8 +185,14 @@ def test_postprocessing_equals_head_predict(grid_model):
         samples.append(DetDataSample(metainfo=dict(
             img_shape=(h, w), batch_input_shape=(h, w), ori_shape=(h0, w0),
             scale_factor=(w / w0, h / h0))))
-    with torch.no_grad():
-        results = grid_model.predict(images, samples, rescale=True)
+    grid_model.channels_last = False  # the same memory format as the fused wrapper's
+    grid_model.invalidate_inference_copy()
+    try:
+        with torch.no_grad():
+            results = grid_model.predict(images, samples, rescale=True)
+    finally:
+        grid_model.channels_last = True
+        grid_model.invalidate_inference_copy()
     ours = run_pytorch(fuse_for_deploy(grid_model), INPUT_SIZE, images, sizes)
     for i, result in enumerate(results):
         pred = result.pred_instances
