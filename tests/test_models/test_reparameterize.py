@@ -346,3 +346,13 @@ def test_channels_last_changes_the_layout_not_the_values(models):
     finally:
         model.channels_last = True
         model.invalidate_inference_copy()
+
+
+def test_building_the_inference_copy_draws_no_random_numbers(models):
+    """Validation builds the copy; it must not move torch's global generator,
+    or training randomness (and exact resume) would depend on validation."""
+    model = models['r18vd']
+    model.invalidate_inference_copy()
+    before = torch.get_rng_state()
+    model.inference_model()
+    assert torch.equal(torch.get_rng_state(), before)

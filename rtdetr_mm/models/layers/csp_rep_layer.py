@@ -4,6 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer
 from mmdet.utils import ConfigType
+from torch.nn.utils import skip_init
 
 from .conv_norm import ConvNormLayer
 from .reparameterize import fold_conv_bn
@@ -38,7 +39,11 @@ class RepVggBlock(nn.Module):
             return
         k3, b3 = fold_conv_bn(self.conv1.conv, self.conv1.norm)
         k1, b1 = fold_conv_bn(self.conv2.conv, self.conv2.norm)
-        self.conv = nn.Conv2d(self.channels, self.channels, 3, 1, padding=1).to(k3)
+        # skip_init: no random initialisation, so building an inference copy
+        # during validation leaves torch's global generator untouched
+        # (training randomness and exact resume do not depend on validation).
+        self.conv = skip_init(nn.Conv2d, self.channels, self.channels, 3, 1, padding=1,
+                              device=k3.device, dtype=k3.dtype)
         self.conv.weight.copy_(k3 + F.pad(k1, [1, 1, 1, 1]))
         self.conv.bias.copy_(b3 + b1)
         del self.conv1, self.conv2
