@@ -29,6 +29,19 @@ def _saved_bytes_and_grads(module, x):
     return sum(saved), outs, grads
 
 
+def _same_outputs_and_grads(ckpt, plain, x):
+    """Assert both modules give the same outputs and gradients on ``x``;
+    return the bytes each kept for backward."""
+    kept_ckpt, outs_ckpt, grads_ckpt = _saved_bytes_and_grads(ckpt, x)
+    kept_plain, outs_plain, grads_plain = _saved_bytes_and_grads(plain, x)
+    for a, b in zip(outs_ckpt, outs_plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert grads_ckpt.keys() == grads_plain.keys() and grads_plain
+    for name in grads_plain:
+        torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-6, atol=1e-7)
+    return kept_ckpt, kept_plain
+
+
 def _count_forwards(module, types):
     calls = []
     for m in module.modules():
@@ -48,13 +61,7 @@ def test_backbone_with_cp_same_gradients_less_kept(depth):
     plain.train(), ckpt.train()
     x = torch.rand(1, 3, 96, 96)
     calls = _count_forwards(ckpt, (BasicBlock, BottleNeck))
-    kept_ckpt, outs_ckpt, grads_ckpt = _saved_bytes_and_grads(ckpt, x)
-    kept_plain, outs_plain, grads_plain = _saved_bytes_and_grads(plain, x)
-    for a, b in zip(outs_ckpt, outs_plain):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert grads_ckpt.keys() == grads_plain.keys() and grads_plain
-    for name in grads_plain:
-        torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-6, atol=1e-7)
+    kept_ckpt, kept_plain = _same_outputs_and_grads(ckpt, plain, x)
     num_blocks = sum(len(stage.blocks) for stage in ckpt.res_layers)
     assert len(calls) == 2 * num_blocks  # forward, then again in the backward
     assert kept_ckpt < 0.5 * kept_plain, (kept_ckpt, kept_plain)
@@ -82,12 +89,6 @@ def test_encoder_with_cp_same_gradients_less_kept():
     ckpt.with_cp = True
     feats = [torch.rand(1, c, s, s) for c, s in ((32, 16), (64, 8), (128, 4))]
     calls = _count_forwards(ckpt, (AIFIEncoder, CSPRepLayer))
-    kept_ckpt, outs_ckpt, grads_ckpt = _saved_bytes_and_grads(ckpt, feats)
-    kept_plain, outs_plain, grads_plain = _saved_bytes_and_grads(plain, feats)
-    for a, b in zip(outs_ckpt, outs_plain):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert grads_ckpt.keys() == grads_plain.keys() and grads_plain
-    for name in grads_plain:
-        torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-6, atol=1e-7)
+    kept_ckpt, kept_plain = _same_outputs_and_grads(ckpt, plain, feats)
     assert len(calls) == 2 * (1 + 2 + 2)  # 1 AIFI encoder, 2 FPN + 2 PAN CSP layers
     assert kept_ckpt < 0.6 * kept_plain, (kept_ckpt, kept_plain)
