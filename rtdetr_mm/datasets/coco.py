@@ -53,15 +53,22 @@ class RTDETRv2CocoDataset(CocoDataset):
             categories named in ``metainfo.classes``: annotations of other
             categories are dropped with a warning. By default such
             annotations are an error (most often ``classes`` was forgotten).
-        check_image_files (bool): Check that every image file exists (local
-            files only; skipped when ``backend_args`` selects another
-            backend). Defaults to True.
+        check_image_files (bool): Check that every image file exists and
+            that the size of a sample of them (header read, see
+            :func:`~rtdetr_mm.datasets.validation.size_sample`) is the
+            json's width / height (local files only; skipped when
+            ``backend_args`` selects another backend). Defaults to True.
+        verify_images (bool): Decode every image file instead: finds
+            corrupt files and every size that differs from the json
+            (slow on large datasets). Defaults to False.
     """
 
     def __init__(self, *args, allow_extra_categories: bool = False,
-                 check_image_files: bool = True, **kwargs) -> None:
+                 check_image_files: bool = True, verify_images: bool = False,
+                 **kwargs) -> None:
         self.allow_extra_categories = allow_extra_categories
         self.check_image_files = check_image_files
+        self.verify_images = verify_images
         self.validation_report: ValidationReport = None
         super().__init__(*args, **kwargs)
 
@@ -77,7 +84,8 @@ class RTDETRv2CocoDataset(CocoDataset):
         with get_local_path(self.ann_file, backend_args=self.backend_args) as local_path:
             report, coco_dict = validate_coco(
                 local_path, self._metainfo.get('classes'), img_dir=img_dir,
-                test_mode=self.test_mode, allow_extra_categories=self.allow_extra_categories)
+                test_mode=self.test_mode, allow_extra_categories=self.allow_extra_categories,
+                verify_images=self.verify_images)
         report.source = self.ann_file
         self.validation_report = report
         raise_on_errors(report, type(self).__name__)
@@ -145,7 +153,8 @@ class RTDETRv2CocoDataset(CocoDataset):
         name = f'{type(self).__name__} {self.ann_file!r}'
         stats = report.stats
         print_log(f'{name}: {stats.num_images} images ({stats.num_empty_images} without '
-                  f'objects, kept), {stats.num_boxes} boxes; {report.fixes.summary()}',
+                  f'objects, kept), {stats.num_boxes} boxes, {stats.num_ignored} ignored '
+                  f'(iscrowd=1); {report.fixes.summary()}',
                   logger='current', level=logging.INFO)
         for finding in report.warnings:
             print_log(f'{type(self).__name__}: {finding.message}', logger='current',

@@ -7,7 +7,11 @@ For every COCO dataset of the chosen dataloaders (through RepeatDataset /
 ConcatDataset / ... wrappers) it prints: category ids vs
 ``metainfo.classes`` (missing, extra, non-contiguous, name mismatch),
 degenerate and out-of-image boxes (clipped or dropped by
-``RTDETRv2CocoDataset``), the share of images without objects, the most GT
+``RTDETRv2CocoDataset``, each named by annotation id), crowd boxes
+(``iscrowd=1``: counted as ignored, as training ignores them), image sizes
+against the json (a header-read sample; all with ``--verify-images``), the
+ground truth the val / test ``CocoMetric`` needs (annotations, ``area``),
+the share of images without objects, the most GT
 in one image against the number of queries and the denoising budget,
 object sizes at the training input size (% under 8 / 16 / 32 px on the
 shorter side) and class frequencies, then the errors and warnings.
@@ -42,8 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         choices=['train', 'val', 'test'],
                         help='dataloaders to check (default: train val)')
     parser.add_argument('--verify-images', action='store_true',
-                        help='decode every image: finds corrupt files and sizes that differ '
-                        'from the json (slower)')
+                        help='decode every image: finds corrupt files and every size that '
+                        'differs from the json (slower; by default the header sizes of a '
+                        'sample of images are checked)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value as in tools/train.py')
     return parser.parse_args(argv)
@@ -60,7 +65,8 @@ def format_report(facts: DatasetFacts, report: ValidationReport, model: ModelFac
              f'   {facts.dataset_type} at {facts.key}; images: {facts.img_dir}']
     if report.stats.num_images or report.stats.num_annotations:
         lines.append(f'   images {s.num_images}, annotations {s.num_annotations}, '
-                     f'boxes kept {s.num_boxes}')
+                     f'boxes kept {s.num_boxes}, ignored {s.num_ignored} (iscrowd=1: never '
+                     'reach the loss)')
     if s.category_ids:
         pairs = ', '.join(f'{name}={cid}' for name, cid in s.category_ids.items())
         lines.append(f'   categories (class=json id): {pairs}')

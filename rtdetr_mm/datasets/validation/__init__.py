@@ -12,7 +12,10 @@ Findings have three levels:
 
 * ``error``: training would crash (often deep inside the matcher or the
   loss) or silently learn the wrong thing: malformed json, unknown image or
-  category ids, missing image files, class names that differ from the json,
+  category ids, missing image files, image sizes that differ from the json
+  (a sample by default), only crowd boxes in a training split, a val / test
+  ``CocoMetric`` json without annotations or without ``area``, class names
+  that differ from the json,
   ``metainfo.classes`` given as a string, a head whose ``num_classes``
   disagrees with the classes. :func:`raise_on_errors` turns them into a
   :class:`DatasetValidationError` that names the file, image id, annotation
@@ -30,21 +33,26 @@ used both for the counts in the report and by the dataset.
 
 Modules: :mod:`.report` (findings, report, facts), :mod:`.class_checks`
 (classes vs categories and the head), :mod:`.coco_checks` (json, images,
-annotations, boxes), :mod:`.statistics` (box statistics and their
-warnings), :mod:`.config_sources` (the datasets and model facts of a
-config) and :mod:`.validate` (the entry points).
+annotations, boxes), :mod:`.image_files` (files on disk and their sizes),
+:mod:`.statistics` (box statistics and their warnings),
+:mod:`.evaluation_checks` (the ground truth of the val / test
+``CocoMetric``), :mod:`.config_sources` (the datasets, metrics and model
+facts of a config) and :mod:`.validate` (the entry points).
 """
 from .class_checks import check_categories, check_classes_value, check_num_classes
 from .coco_checks import (REQUIRED_ANN_KEYS, REQUIRED_IMAGE_KEYS, REQUIRED_KEYS,
                           box_is_malformed, check_annotations, check_images, check_top_level,
                           load_coco_json, sanitize_box)
-from .config_sources import (DatasetFacts, config_dataset_facts, config_model_facts,
-                             pipelines_input_size)
+from .config_sources import (DatasetFacts, MetricFacts, config_coco_metrics,
+                             config_dataset_facts, config_model_facts, pipelines_input_size)
+from .evaluation_checks import check_evaluation_gt, check_metric_gt, gt_summary
+from .image_files import (IMAGE_SIZE_SAMPLE, check_image_files, decoded_image_size,
+                          header_image_size, size_sample)
 from .report import (BOX_FIXES, MAX_EXAMPLES, BoxFixCounts, DatasetStats,
                      DatasetValidationError, Finding, InputSize, ModelFacts, ValidationReport,
                      raise_on_errors)
 from .statistics import (EMPTY_IMAGE_WARN_FRACTION, SIZE_THRESHOLDS, TINY_OBJECT_WARN_FRACTION,
-                         check_model_stats, check_stats, compute_stats)
+                         check_crowd_boxes, check_model_stats, check_stats, compute_stats)
 from .validate import (check_config_datasets, recheck_validated, validate_coco,
                        validate_coco_dict, validate_config)
 
@@ -57,5 +65,8 @@ __all__ = [
     'check_num_classes', 'check_top_level', 'check_images', 'check_annotations',
     'compute_stats', 'check_model_stats', 'check_stats', 'validate_coco_dict',
     'validate_coco', 'DatasetFacts', 'pipelines_input_size', 'config_model_facts',
-    'config_dataset_facts', 'recheck_validated', 'validate_config', 'check_config_datasets'
+    'config_dataset_facts', 'recheck_validated', 'validate_config', 'check_config_datasets',
+    'MetricFacts', 'config_coco_metrics', 'check_evaluation_gt', 'check_metric_gt', 'gt_summary',
+    'IMAGE_SIZE_SAMPLE', 'check_image_files', 'decoded_image_size', 'header_image_size',
+    'size_sample', 'check_crowd_boxes'
 ]

@@ -8,8 +8,7 @@ import os.path as osp
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import numpy as np
-
+from .image_files import check_image_files
 from .report import BOX_FIXES, ValidationReport, _Examples
 
 #: Top-level keys a COCO detection json must have.
@@ -118,8 +117,9 @@ def check_top_level(coco: dict, source: str, report: ValidationReport,
 def check_images(coco: dict, source: str, report: ValidationReport,
                  img_dir: Optional[str] = None, verify_images: bool = False) -> Dict[Any, dict]:
     """Image entries: required keys, unique ids, positive sizes, files on
-    disk under ``img_dir`` (when given; local paths only) and, with
-    ``verify_images``, that each file decodes and has the json's size.
+    disk under ``img_dir`` (when given; local paths only) and their sizes
+    against the json (a sample; all, decoded, with ``verify_images``: see
+    :func:`~.image_files.check_image_files`).
 
     Returns:
         dict: image id -> image entry, for the valid entries.
@@ -148,34 +148,8 @@ def check_images(coco: dict, source: str, report: ValidationReport,
     ex.emit(report, 'error', 'bad_image_size',
             f'images in {source!r} with a non-positive width or height')
     if img_dir is not None and '://' not in img_dir:
-        _check_image_files(images, img_dir, source, report, verify_images)
+        check_image_files(images, img_dir, source, report, verify_images)
     return images
-
-
-def _check_image_files(images: Dict[Any, dict], img_dir: str, source: str,
-                       report: ValidationReport, verify_images: bool) -> None:
-    ex = _Examples()
-    for img_id, img in images.items():
-        path = osp.join(img_dir, img['file_name'])
-        if not osp.isfile(path):
-            ex.add('missing_image_file', f'{path!r} (image id {img_id})')
-            continue
-        if not verify_images:
-            continue
-        import cv2
-        data = np.fromfile(path, dtype=np.uint8)
-        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-        if decoded is None:
-            ex.add('unreadable_image', f'{path!r} (image id {img_id})')
-        elif decoded.shape[:2] != (img['height'], img['width']):
-            ex.add('image_size_mismatch',
-                   f'{path!r} (image id {img_id}) is {decoded.shape[0]}x{decoded.shape[1]}, '
-                   f'json says {img["height"]}x{img["width"]}')
-    ex.emit(report, 'error', 'missing_image_file',
-            f'image files of {source!r} missing under {img_dir!r}')
-    ex.emit(report, 'error', 'unreadable_image', 'image files that do not decode')
-    ex.emit(report, 'warning', 'image_size_mismatch',
-            'images whose size differs from the json (boxes are checked against the json size)')
 
 
 def check_annotations(coco: dict, source: str, images: Dict[Any, dict],
@@ -183,14 +157,25 @@ def check_annotations(coco: dict, source: str, images: Dict[Any, dict],
                       report: ValidationReport) -> Dict[Any, List[Tuple[int, List[float]]]]:
     """Annotation entries: required keys, unique ids, known image and
     category ids, well-formed boxes; counts the box fixes of
-    :func:`sanitize_box` into ``report.fixes``.
+    :func:`sanitize_box` into ``report.fixes`` (a warning / info per reason,
+    naming the annotation ids), the crowd boxes into ``report.stats``
+    (``num_ignored``, ``ignored_image_ids``) and the annotations without
+    ``area`` (``num_without_area``, ``without_area_examples``).
+
+    Crowd boxes (``iscrowd=1``) are *ignored*, not kept: mmdet's
+    ``CocoDataset`` gives them ``ignore_flag=1``, ``PackDetInputs`` moves
+    them to ``ignored_instances`` and they never reach the matcher or the
+    loss.
 
     Returns:
         dict: image id -> [(category id, xyxy box)] of the kept boxes
-        (categories of ``cat2label`` only, ``ignore`` annotations left out).
+        (categories of ``cat2label`` only; ``ignore`` and crowd annotations
+        left out).
     """
     ex = _Examples()
     fix_ex = _Examples()
+    area_ex = _Examples()
+    ignored_images = set()
     known_cat_ids = set(known_cat_ids)
     seen_ids = set()
     kept: Dict[Any, List[Tuple[int, List[float]]]] = defaultdict(list)
@@ -221,9 +206,15 @@ def check_annotations(coco: dict, source: str, images: Dict[Any, dict],
         box, reason = sanitize_box(ann['bbox'], img['width'], img['height'])
         if reason is not None:
             report.fixes.counts[reason] += 1
-            fix_ex.add(reason, f'annotation id {ann_id} (image id {ann["image_id"]}, '
+            fix_ex.add(f'box_{reason}', f'annotation id {ann_id} (image id {ann["image_id"]}, '
                        f'{img["width"]}x{img["height"]}): bbox={ann["bbox"]}')
+        if 'area' not in ann:
+            area_ex.add('missing_area', f'annotation id {ann_id}')
         if box is None or ann.get('ignore', False) or ann['category_id'] not in cat2label:
+            continue
+        if ann.get('iscrowd', False):
+            report.stats.num_ignored += 1
+            ignored_images.add(ann['image_id'])
             continue
         kept[ann['image_id']].append((ann['category_id'], box))
     ex.emit(report, 'error', 'malformed_annotation',
@@ -235,6 +226,9 @@ def check_annotations(coco: dict, source: str, images: Dict[Any, dict],
             f'annotations in {source!r} refer to a category id that is not in "categories"')
     ex.emit(report, 'error', 'malformed_bbox',
             f'annotations in {source!r} whose bbox is not 4 finite numbers [x, y, w, h]')
+    report.stats.ignored_image_ids = sorted(ignored_images, key=str)
+    report.stats.num_without_area = area_ex.count['missing_area']
+    report.stats.without_area_examples = area_ex.text('missing_area')
     for reason, what in BOX_FIXES.items():
         fix_ex.emit(report, 'info' if reason == 'clipped' else 'warning', f'box_{reason}',
                     f'boxes {what}')

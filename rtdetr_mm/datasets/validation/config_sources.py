@@ -96,6 +96,51 @@ def config_model_facts(cfg) -> ModelFacts:
     return facts
 
 
+@dataclass
+class MetricFacts:
+    """A ``CocoMetric`` (or subclass) of a split's evaluator.
+
+    Attributes:
+        split (str): ``'val'`` or ``'test'``.
+        key (str): Its config key, e.g. ``'val_evaluator'`` or
+            ``'test_evaluator[1]'``.
+        ann_file (str, optional): The json it reads with pycocotools
+            (as given: ``CocoMetric`` joins no ``data_root``); ``None``:
+            it builds its ground truth from the dataset.
+        format_only (bool): Only writes predictions, needs no ground truth.
+    """
+    split: str
+    key: str
+    ann_file: Optional[str]
+    format_only: bool = False
+
+
+def config_coco_metrics(cfg, split: str) -> List[MetricFacts]:
+    """The ``CocoMetric`` s of ``cfg.<split>_evaluator`` (a metric dict, a
+    list of them, or an ``Evaluator`` dict with ``metrics``)."""
+    from mmdet.evaluation import CocoMetric
+    from mmdet.registry import METRICS
+    evaluator = _get(cfg, f'{split}_evaluator')
+    key = f'{split}_evaluator'
+    if _get(evaluator, 'metrics') is not None:
+        evaluator, key = evaluator['metrics'], f'{key}.metrics'
+    if evaluator is None:
+        return []
+    if isinstance(evaluator, (list, tuple)):
+        items = [(f'{key}[{i}]', m) for i, m in enumerate(evaluator)]
+    else:
+        items = [(key, evaluator)]
+    out = []
+    for metric_key, metric in items:
+        m_type = _get(metric, 'type')
+        m_cls = METRICS.get(m_type) if isinstance(m_type, str) else m_type
+        if isinstance(m_cls, type) and issubclass(m_cls, CocoMetric):
+            out.append(MetricFacts(split=split, key=metric_key,
+                                   ann_file=_get(metric, 'ann_file'),
+                                   format_only=bool(_get(metric, 'format_only', False))))
+    return out
+
+
 def config_dataset_facts(cfg, splits: Sequence[str] = ('train', 'val', 'test')
                          ) -> List[DatasetFacts]:
     """The COCO datasets of ``cfg``'s ``<split>_dataloader`` s, through

@@ -126,7 +126,16 @@ class DatasetStats:
         num_images (int): Images in the json.
         num_annotations (int): Annotations in the json.
         num_boxes (int): Boxes kept (of the classes, not ignored).
+        num_ignored (int): Boxes of the classes with ``iscrowd=1``: valid,
+            but ignored by training (mmdet's ``ignore_flag``).
+        ignored_image_ids (list): Images holding at least one of them.
+        num_ignored_only_images (int): Images whose only usable boxes are
+            crowd boxes (no kept box left).
         num_empty_images (int): Images without any kept box.
+        has_annotations_key (bool): The json has an ``annotations`` key.
+        num_without_area (int): Annotations without an ``area`` key
+            (pycocotools' ``COCOeval`` reads it).
+        without_area_examples (str): The first of their ids, for messages.
         max_gt (int): Most kept boxes in one image.
         max_gt_image_id: Image id holding ``max_gt`` boxes.
         class_counts (dict[str, int]): Kept boxes per class name, in
@@ -140,7 +149,13 @@ class DatasetStats:
     num_images: int = 0
     num_annotations: int = 0
     num_boxes: int = 0
+    num_ignored: int = 0
+    ignored_image_ids: List[Any] = field(default_factory=list)
+    num_ignored_only_images: int = 0
     num_empty_images: int = 0
+    has_annotations_key: bool = True
+    num_without_area: int = 0
+    without_area_examples: str = ''
     max_gt: int = 0
     max_gt_image_id: Any = None
     class_counts: Dict[str, int] = field(default_factory=dict)

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .report import DatasetStats, InputSize, ModelFacts, ValidationReport
+from .report import MAX_EXAMPLES, DatasetStats, InputSize, ModelFacts, ValidationReport
 
 #: Object-size thresholds (px, shorter box side at the training input size).
 SIZE_THRESHOLDS = (8, 16, 32)
@@ -23,6 +23,8 @@ def compute_stats(images: Dict[Any, dict], kept: Dict[Any, List[Tuple[int, List[
     ``cat_names`` maps the json category ids of the classes to their names."""
     stats.num_boxes = sum(len(v) for k, v in kept.items() if k in images)
     stats.num_empty_images = sum(1 for i in images if not kept.get(i))
+    stats.num_ignored_only_images = sum(1 for i in stats.ignored_image_ids
+                                        if i in images and not kept.get(i))
     if images:
         stats.max_gt_image_id, boxes = max(((i, kept.get(i, [])) for i in images),
                                            key=lambda t: len(t[1]))
@@ -66,6 +68,35 @@ def check_model_stats(stats: DatasetStats, model: ModelFacts, source: str,
                        f'group(s) for a batch holding the busiest image ({stats.max_gt} objects)')
 
 
+def check_crowd_boxes(stats: DatasetStats, source: str, report: ValidationReport) -> None:
+    """Crowd boxes of a training split: all of them ignored is an error
+    (``all_boxes_ignored``: the loss would only ever see background), some
+    a warning (``crowd_boxes_ignored``) with the counts.
+
+    NOTE: an *image* whose boxes are all crowd boxes is not an error: COCO
+    train2017 has such images, mmdet trains on them as background.
+    """
+    if not stats.num_ignored:
+        return
+    total = stats.num_ignored + stats.num_boxes
+    if stats.num_boxes == 0:
+        report.add('error', 'all_boxes_ignored',
+                   f'every box in {source!r} has iscrowd=1 ({stats.num_ignored} boxes in '
+                   f'{len(stats.ignored_image_ids)} images): mmdet sets ignore_flag on crowd '
+                   'boxes, so none reaches the matcher or the loss and the model would learn '
+                   'nothing (loss_bbox 0); set "iscrowd": 0 on the boxes that are single '
+                   'objects', stats.num_ignored)
+        return
+    examples = [str(i) for i in stats.ignored_image_ids[:MAX_EXAMPLES]]
+    report.add('warning', 'crowd_boxes_ignored',
+               f'{stats.num_ignored} of {total} boxes of {source!r} have iscrowd=1 and are '
+               f'ignored by training (mmdet\'s ignore_flag: they never reach the loss), in '
+               f'{len(stats.ignored_image_ids)} images (ids {", ".join(examples)}'
+               f'{", ..." if len(stats.ignored_image_ids) > MAX_EXAMPLES else ""}); '
+               f'{stats.num_ignored_only_images} of them are left without a usable box '
+               '(trained on as background)', stats.num_ignored)
+
+
 def check_stats(stats: DatasetStats, classes: Tuple[str, ...], model: ModelFacts,
                 source: str, report: ValidationReport, test_mode: bool = False) -> None:
     """Warnings from the statistics: GT per image vs queries and the
@@ -79,8 +110,10 @@ def check_stats(stats: DatasetStats, classes: Tuple[str, ...], model: ModelFacts
                    f'side at the {stats.input_size.h}x{stats.input_size.w} input (the finest '
                    'feature map has stride 8): consider a larger input size')
     if not test_mode and stats.num_images:
+        check_crowd_boxes(stats, source, report)
         if stats.num_boxes == 0:
-            report.add('warning', 'no_objects', f'{source!r} has no usable box at all')
+            if not stats.num_ignored:  # else the crowd error says it
+                report.add('warning', 'no_objects', f'{source!r} has no usable box at all')
         elif stats.empty_fraction > EMPTY_IMAGE_WARN_FRACTION:
             report.add('warning', 'many_empty_images',
                        f'{stats.num_empty_images} of {stats.num_images} images of {source!r} '

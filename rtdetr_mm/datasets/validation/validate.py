@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .class_checks import check_categories, check_classes_value, check_num_classes
 from .coco_checks import check_annotations, check_images, check_top_level, load_coco_json
 from .config_sources import DatasetFacts, config_dataset_facts, config_model_facts
+from .evaluation_checks import check_evaluation_gt
 from .report import InputSize, ModelFacts, ValidationReport, raise_on_errors
 from .statistics import check_model_stats, check_stats, compute_stats
 
@@ -46,6 +47,7 @@ def validate_coco_dict(coco: dict, classes: Any, source: str = '<dict>',
         return report
     report.stats.num_images = len(coco['images'])
     report.stats.num_annotations = len(coco.get('annotations', []))
+    report.stats.has_annotations_key = 'annotations' in coco
     images = check_images(coco, source, report, img_dir, verify_images)
     if names is None:
         cat2label = {}
@@ -110,7 +112,8 @@ def validate_config(cfg, splits: Sequence[str] = ('train', 'val', 'test'),
                     validated: Optional[Dict[str, ValidationReport]] = None
                     ) -> List[Tuple[DatasetFacts, ValidationReport]]:
     """Validate every COCO dataset of ``cfg``'s ``splits`` against its
-    classes and the model (:func:`config_model_facts`).
+    classes and the model (:func:`config_model_facts`), and the ground truth
+    of the val / test ``CocoMetric`` s (:func:`check_evaluation_gt`).
 
     Args:
         validated (dict[str, ValidationReport], optional): Reports of
@@ -128,11 +131,13 @@ def validate_config(cfg, splits: Sequence[str] = ('train', 'val', 'test'),
                                       facts.input_size, facts.test_mode, facts.classes_key,
                                       facts.allow_extra_categories, verify_images)
         results.append((facts, report))
+    check_evaluation_gt(cfg, results)
     return results
 
 
 def check_config_datasets(cfg, splits: Sequence[str] = ('train', 'val'),
-                          validated: Optional[Dict[str, ValidationReport]] = None
+                          validated: Optional[Dict[str, ValidationReport]] = None,
+                          verify_images: bool = False
                           ) -> List[Tuple[DatasetFacts, ValidationReport]]:
     """Runner-level check at run start: validate the datasets of ``splits``
     (see :func:`validate_config`) and raise :class:`DatasetValidationError`
@@ -142,7 +147,7 @@ def check_config_datasets(cfg, splits: Sequence[str] = ('train', 'val'),
     Returns:
         list: (facts, report) of every dataset checked, for logging.
     """
-    results = validate_config(cfg, splits, validated=validated)
+    results = validate_config(cfg, splits, verify_images=verify_images, validated=validated)
     for facts, report in results:
         raise_on_errors(report, facts.key)
     return results

@@ -36,18 +36,29 @@ class RTDETRv2DatasetCheckHook(Hook):
     COCO datasets (mmdet's ``CocoDataset``) get the full validation here.
     Every rank runs the check (on the same files, so all stop together).
 
+    The ground truth of the val / test ``CocoMetric`` is checked too (its
+    annotations exist; ``area`` is present where pycocotools reads the file),
+    so a run does not fail or save a "best" checkpoint at mAP -1 after an
+    epoch.
+
     Args:
         splits (Sequence[str]): Splits that may be checked.
             Defaults to ``('train', 'val', 'test')``.
+        verify_images (bool): Decode every image file of every checked
+            dataset (also of those that validated themselves, which are then
+            read again): corrupt files and every size that differs from the
+            json. By default the datasets check the header sizes of a
+            sample. Defaults to False.
     """
     # before every other hook's before_run (EMA copies, checkpoint loading)
     priority = 'VERY_HIGH'
 
-    def __init__(self, splits: Sequence[str] = SPLITS) -> None:
+    def __init__(self, splits: Sequence[str] = SPLITS, verify_images: bool = False) -> None:
         bad = [s for s in splits if s not in SPLITS]
         if bad:
             raise ValueError(f'splits must be among {SPLITS}, got {bad}')
         self.splits = tuple(splits)
+        self.verify_images = verify_images
 
     def before_run(self, runner) -> None:
         splits, validated = [], {}
@@ -61,7 +72,10 @@ class RTDETRv2DatasetCheckHook(Hook):
             validated.update(self._validated_reports(getattr(loop, 'dataloader', None)))
         if not splits:
             return
-        results = check_config_datasets(runner.cfg, splits, validated)
+        if self.verify_images:
+            validated = {}  # every dataset read again, every image decoded
+        results = check_config_datasets(runner.cfg, splits, validated,
+                                        verify_images=self.verify_images)
         for facts, report in results:
             self._log(facts, report, reused=facts.ann_file in validated)
 
