@@ -1,4 +1,5 @@
 """Checkpoints that are never lost: write first, delete old ones after."""
+import math
 import os
 import os.path as osp
 from typing import Optional
@@ -26,6 +27,10 @@ class RTDETRv2CheckpointHook(CheckpointHook):
       after it the hook writes ``iter_<n>.pth`` (resumable: meta epoch =
       current epoch, iter = ``n`` iterations done) and deletes the previous
       mid-epoch file.
+    - **no best checkpoint without a metric**: a ``save_best`` score of -1
+      (what ``CocoMetric`` reports when there is no ground truth) or NaN is
+      not a score: it is never saved as "best"; a warning names the key and
+      the value instead.
     """
 
     #: file name of the newest mid-epoch checkpoint (set once one is saved)
@@ -110,6 +115,7 @@ class RTDETRv2CheckpointHook(CheckpointHook):
         iteration."""
         if not self.save_best:
             return
+        metrics = self._without_missing_scores(runner, metrics)
         single = len(self.key_indicators) == 1
         previous = ({'_': self.best_ckpt_path} if single
                     else dict(getattr(self, 'best_ckpt_path_dict', {})))
@@ -144,3 +150,30 @@ class RTDETRv2CheckpointHook(CheckpointHook):
                 elif old and old != new and is_main_process() and self.file_backend.isfile(old):
                     self.file_backend.remove(old)
                     runner.logger.info(f'The previous best checkpoint {old} is removed')
+
+    def _without_missing_scores(self, runner, metrics: dict) -> dict:
+        """``metrics`` with each ``save_best`` score that is not a score
+        (-1 or NaN) replaced by ``None``, which mmengine's
+        ``_save_best_checkpoint`` skips; warns once per such key.
+
+        NOTE: mmengine compares -1 like any number, so the first validation
+        of a split without ground truth saved a "best" checkpoint at mAP -1.
+        -1 is pycocotools' "no ground truth" value (COCOeval.summarize).
+        """
+        if 'auto' in self.key_indicators:  # resolved by the parent from the first key
+            return metrics
+        out = dict(metrics)
+        for key in self.key_indicators:
+            score = out.get(key)
+            if score is None:
+                continue
+            value = float(score)
+            if value == -1 or math.isnan(value):
+                out[key] = None
+                when = f'epoch {runner.epoch}' if self.by_epoch else f'iteration {runner.iter}'
+                runner.logger.warning(
+                    f'{type(self).__name__}: save_best={key!r} is {value} at {when}: no '
+                    'metric (CocoMetric gives -1 when the evaluation has no ground truth: '
+                    'check that the val_evaluator ann_file / val dataset holds annotations); '
+                    'no best checkpoint is written for it')
+        return out
