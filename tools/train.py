@@ -7,6 +7,11 @@
 Unlike mmdet's script this imports ``rtdetr_mm`` itself, so our modules are
 registered and checkpoints load with the ``weights_only`` allow-list even
 when a config forgets ``custom_imports``.
+
+Exit status 1 with ``error: <message>`` on stderr (no traceback) when the work
+dir is held by another training (``train.lock``), when ``--resume`` finds no
+checkpoint of this work dir to resume from, or when a checkpoint cannot be
+written (full disk).
 """
 import argparse
 import os.path as osp
@@ -17,6 +22,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import rtdetr_mm  # noqa: F401,E402
 from rtdetr_mm.engine.cli import build_runner, load_config, parse_common_args  # noqa: E402
+from rtdetr_mm.engine.runner.latest_checkpoint import LatestCheckpointError  # noqa: E402
+from rtdetr_mm.engine.runner.rtdetrv2_runner import CheckpointSaveError  # noqa: E402
+from rtdetr_mm.engine.runner.work_dir_lock import WorkDirLockedError  # noqa: E402
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 import torch  # noqa: E402
@@ -77,14 +85,25 @@ def build_cfg(args) -> Config:
     return cfg
 
 
-def main(argv=None):
+#: errors about the work dir and its files, reported without a traceback
+WORK_DIR_ERRORS = (WorkDirLockedError, LatestCheckpointError, CheckpointSaveError)
+
+
+def main(argv=None) -> int:
+    """Train; 0 when done, 1 after a :data:`WORK_DIR_ERRORS` error (printed)."""
     args = parse_args(argv)
     # fewer repeated torch.compile recompilations
     setup_cache_size_limit_of_dynamo()
     cfg = build_cfg(args)
     runner = build_runner(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except WORK_DIR_ERRORS as err:
+        message = err.strerror if isinstance(err, CheckpointSaveError) else str(err)
+        print(f'error: {message}', file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
