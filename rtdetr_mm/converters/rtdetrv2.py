@@ -12,38 +12,27 @@ Our module names follow the official code, so:
 import json
 import os
 import os.path as osp
-import re
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from ..engine.checkpoint_safety import safe_load_checkpoint
 from ..models.dense_heads import CLASS_DEPENDENT_LAYERS
+# the architecture is read off the state dict as the checkpoint fit check does
+from ..models.detectors.architecture import (Architecture, differs,  # noqa: F401
+                                             infer_architecture)
 
 # Buffers the official code stores but our model regenerates for any input size.
 DROPPED_KEYS = ('decoder.anchors', 'decoder.valid_mask', 'model.anchors', 'model.valid_mask')
 
-
-@dataclass
-class Architecture:
-    """Architecture read off a state dict (our naming)."""
-    depth: int
-    neck_in_channels: Tuple[int, ...]
-    hidden_dim: int
-    expansion: float
-    depth_mult: float
-    num_encoder_layers: int
-    use_encoder_idx: Tuple[int, ...]
-    encoder_ffn_dim: int
-    decoder_hidden_dim: int
-    num_layers: int
-    num_levels: int
-    num_points: Tuple[int, ...]
-    num_classes: int
-    decoder_ffn_dim: int
-    class_names: List[str] = field(default_factory=list)
+#: Hugging Face ``model_type`` this converter reads
+SUPPORTED_MODEL_TYPE = 'rt_detr_v2'
+#: what ``tools/model_converters/rtdetrv2_to_mmdet.py`` accepts, for messages
+SUPPORTED = ("a Hugging Face RT-DETRv2 directory (config.json with model_type "
+             "'rt_detr_v2', RTDetrV2ForObjectDetection, + model.safetensors), an official "
+             "lyuwenyu/RT-DETR RT-DETRv2 checkpoint, or an ImageNet PResNet-vd backbone")
 
 
 class ConversionError(ValueError):
@@ -89,6 +78,11 @@ def load_source(src: str) -> Tuple[Dict[str, torch.Tensor], str, Optional[dict]]
 
 
 def _from_official(sd: Dict[str, torch.Tensor], src: str) -> Dict[str, torch.Tensor]:
+    if _official_v1(sd):
+        raise ConversionError(
+            f'{src}: an official RT-DETR v1 checkpoint (decoder.decoder.layers.*.cross_attn '
+            'has no num_points_scale), which rtdetr_mm does not support: its decoder is not '
+            f"RT-DETRv2's. Supported: {SUPPORTED}.")
     prefixes = {'backbone.': 'backbone.', 'encoder.': 'neck.', 'decoder.': 'bbox_head.'}
     out = {}
     for key, value in sd.items():
@@ -108,15 +102,20 @@ def _load_hf_dir(src: str):
 
     from .keymap import convert_hf_state_dict
     cfg_path, weights = osp.join(src, 'config.json'), osp.join(src, 'model.safetensors')
-    for path in (cfg_path, weights):
-        if not osp.isfile(path):
-            raise ConversionError(f'{src}: missing {osp.basename(path)} (expected a directory '
-                                  'written by save_pretrained)')
+    if not osp.isfile(cfg_path):
+        raise ConversionError(f'{src}: missing config.json (expected a directory written by '
+                              f'save_pretrained); supported: {SUPPORTED}')
     with open(cfg_path) as f:
-        hf_cfg = json.load(f)
-    if hf_cfg.get('model_type') not in ('rt_detr_v2', 'rt_detr'):
-        raise ConversionError(f"{cfg_path}: model_type is {hf_cfg.get('model_type')!r}, "
-                              "expected 'rt_detr_v2'")
+        try:
+            hf_cfg = json.load(f)
+        except ValueError as err:
+            raise ConversionError(f'{cfg_path}: not valid JSON ({err})') from None
+    model_type = hf_cfg.get('model_type') if isinstance(hf_cfg, dict) else None
+    if model_type != SUPPORTED_MODEL_TYPE:
+        raise ConversionError(_unsupported_model_type(cfg_path, model_type, hf_cfg))
+    if not osp.isfile(weights):
+        raise ConversionError(f'{src}: missing model.safetensors (expected a directory '
+                              'written by save_pretrained)')
     hf_sd = load_file(weights)  # safetensors: no pickle involved
     converted, unmapped = convert_hf_state_dict(hf_sd)
     if unmapped:
@@ -125,55 +124,31 @@ def _load_hf_dir(src: str):
     return converted, 'hf', hf_cfg
 
 
+def _unsupported_model_type(cfg_path: str, model_type, hf_cfg) -> str:
+    architectures = hf_cfg.get('architectures') if isinstance(hf_cfg, dict) else None
+    found = f'model_type {model_type!r}'
+    if isinstance(architectures, list) and architectures:
+        found += f' ({", ".join(map(str, architectures))})'
+    if model_type == 'rt_detr':
+        what = ('this is RT-DETR v1 (RTDetrForObjectDetection), which rtdetr_mm does not '
+                'support: its decoder and weights are not RT-DETRv2\'s (RTDETRv2Head)')
+    elif model_type is None:
+        what = 'config.json names no model_type'
+    else:
+        what = 'this is not an RT-DETRv2 model'
+    return f'{cfg_path}: {found}: {what}. Supported: {SUPPORTED}.'
+
+
+def _official_v1(sd: Dict[str, torch.Tensor]) -> bool:
+    """An official RT-DETR **v1** state dict (``RTDETRTransformer``, in the
+    v1 code and in rtdetrv2_pytorch): its deformable attention has no
+    ``num_points_scale`` buffer, which every RT-DETRv2 decoder layer stores."""
+    layers = [k for k in sd if k.startswith('decoder.decoder.layers.')
+              and k.endswith('.cross_attn.sampling_offsets.weight')]
+    return bool(layers) and not any(k.endswith('.cross_attn.num_points_scale') for k in sd)
+
+
 # -------------------------------------------------------------- architecture
-def infer_architecture(sd: Dict[str, torch.Tensor]) -> Architecture:
-    """Read the architecture off a full-model state dict in our naming."""
-    def count(pattern: str) -> int:
-        rx = re.compile(pattern)
-        return len({m.group(1) for k in sd for m in [rx.match(k)] if m})
-
-    stage_blocks = [count(rf'backbone\.res_layers\.{s}\.blocks\.(\d+)\.') for s in range(4)]
-    bottleneck = any('.branch2c.' in k for k in sd)
-    depth_table = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34,
-                   (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101}
-    depth = depth_table.get((bottleneck, tuple(stage_blocks)), -1)
-    num_in = count(r'neck\.input_proj\.(\d+)\.')
-    neck_in = tuple(int(sd[f'neck.input_proj.{i}.conv.weight'].shape[1]) for i in range(num_in))
-    hidden = int(sd['neck.input_proj.0.conv.weight'].shape[0])
-    csp_hidden = int(sd['neck.fpn_blocks.0.conv1.conv.weight'].shape[0])
-    enc_layers_idx = sorted({int(m.group(1)) for k in sd
-                             for m in [re.match(r'neck\.encoder\.(\d+)\.', k)] if m})
-    num_enc_layers = count(r'neck\.encoder\.0\.layers\.(\d+)\.')
-    enc_ffn = int(sd['neck.encoder.0.layers.0.linear1.weight'].shape[0]) if enc_layers_idx else 0
-    num_layers = count(r'bbox_head\.decoder\.layers\.(\d+)\.')
-    scale = sd['bbox_head.decoder.layers.0.cross_attn.num_points_scale']
-    num_points = _points_from_scale(scale)
-    return Architecture(
-        depth=depth, neck_in_channels=neck_in, hidden_dim=hidden,
-        expansion=csp_hidden / hidden,
-        depth_mult=count(r'neck\.fpn_blocks\.0\.bottlenecks\.(\d+)\.') / 3,
-        num_encoder_layers=num_enc_layers,
-        use_encoder_idx=tuple(enc_layers_idx),  # neck.encoder.{j} is the j-th used level
-        encoder_ffn_dim=enc_ffn,
-        decoder_hidden_dim=int(sd['bbox_head.enc_output.proj.weight'].shape[0]),
-        num_layers=num_layers,
-        num_levels=count(r'bbox_head\.input_proj\.(\d+)\.'),
-        num_points=num_points,
-        num_classes=int(sd['bbox_head.dec_score_head.0.weight'].shape[0]),
-        decoder_ffn_dim=int(sd['bbox_head.decoder.layers.0.linear1.weight'].shape[0]))
-
-
-def _points_from_scale(scale: torch.Tensor) -> Tuple[int, ...]:
-    """Invert ``num_points_scale = [1/n]*n per level``."""
-    points, i = [], 0
-    values = scale.tolist()
-    while i < len(values):
-        n = int(round(1.0 / values[i]))
-        points.append(n)
-        i += n
-    return tuple(points)
-
-
 def check_against_config(arch: Architecture, model_cfg) -> Tuple[List[str], List[str]]:
     """Compare a source architecture with ``cfg.model``.
 
@@ -200,7 +175,7 @@ def check_against_config(arch: Architecture, model_cfg) -> Tuple[List[str], List
         'bbox_head.dim_feedforward': (arch.decoder_ffn_dim, head.get('dim_feedforward', 1024)),
     }
     errors = [f'{key}: checkpoint has {src!r}, config has {dst!r}'
-              for key, (src, dst) in expected.items() if _differs(src, dst)]
+              for key, (src, dst) in expected.items() if differs(src, dst)]
     warns = []
     if arch.num_classes != head['num_classes']:
         warns.append(f"checkpoint has {arch.num_classes} classes, config has "
@@ -211,12 +186,6 @@ def check_against_config(arch: Architecture, model_cfg) -> Tuple[List[str], List
 
 def _as_points(points, levels):
     return tuple(points) if not isinstance(points, int) else (points,) * levels
-
-
-def _differs(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return abs(float(a) - float(b)) > 1e-6
-    return tuple(a) != tuple(b) if isinstance(a, (tuple, list)) else a != b
 
 
 # ----------------------------------------------------------------- classes

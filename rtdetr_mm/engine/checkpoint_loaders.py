@@ -14,8 +14,20 @@ for every scheme mmengine 0.10 ships: each loads with ``weights_only=True``
 and reports a refused or corrupt file by name
 (:mod:`rtdetr_mm.engine.checkpoint_safety`). mmengine's module attributes
 and source are left untouched.
+
+Two more things every loader does:
+
+* a directory given as a checkpoint is refused with what to do (a Hugging
+  Face model directory is converted first; a work dir holds ``*.pth``
+  files), instead of mmengine's "can not be found";
+* the state dict returned carries the file it came from
+  (:func:`tag_source`), so the detector's checkpoint fit check
+  (``rtdetr_mm/models/detectors/checkpoint_fit.py``) names it, whichever
+  tool loads it.
 """
 import functools
+import glob
+import json
 import logging
 import os
 import os.path as osp
@@ -30,15 +42,81 @@ from mmengine.logging import print_log
 from mmengine.runner import checkpoint as mmengine_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from ..models.detectors.checkpoint_fit import SOURCE_METADATA_KEY
 from .checkpoint_safety import (CorruptCheckpointError, UnsafeCheckpointError,
                                 classify_load_error, safe_load_checkpoint)
 
-__all__ = ['register_loaders', 'load_from_local', 'load_from_http']
+__all__ = ['register_loaders', 'load_from_local', 'load_from_http', 'tag_source',
+           'directory_error']
+
+CONVERTER = 'tools/model_converters/rtdetrv2_to_mmdet.py'
+
+
+def directory_error(path: str) -> IsADirectoryError:
+    """The error for a directory given as a checkpoint: what it holds (a
+    Hugging Face ``config.json`` and its ``model_type``, checkpoint files)
+    and what to do."""
+    base = osp.normpath(path)
+    message = (f'{path} is a directory, not a checkpoint file; for a Hugging Face model '
+               f'directory run {CONVERTER} {path} {base}.pth --config CONFIG and load '
+               f'{base}.pth.')
+    config_json = osp.join(path, 'config.json')
+    if osp.isfile(config_json):
+        try:
+            with open(config_json) as f:
+                model_type = json.load(f).get('model_type')
+        except (OSError, ValueError, AttributeError):
+            model_type = None
+        message += f' It holds a Hugging Face config.json (model_type {model_type!r})'
+        message += (': convert it as above.' if model_type == 'rt_detr_v2' else
+                    ": the converter reads RT-DETRv2 models (model_type 'rt_detr_v2') only.")
+    found = sorted(osp.basename(p) for p in glob.glob(osp.join(glob.escape(path), '*.pth')))
+    if found:
+        more = f' (+{len(found) - 5} more)' if len(found) > 5 else ''
+        message += (f' It holds checkpoint files: {", ".join(found[:5])}{more}; pass one of '
+                    'them.')
+    return IsADirectoryError(message)
+
+
+def tag_source(checkpoint: Any, filename: str) -> Any:
+    """Record ``filename`` in the root entry of the state dict's
+    ``_metadata`` (under ``SOURCE_METADATA_KEY``), where the detector's
+    ``load_state_dict`` pre hook reads it.
+
+    NOTE: a plain-dict state dict (e.g. a converted checkpoint) becomes an
+    ``OrderedDict`` (same items): only that can carry ``_metadata``, as the
+    state dicts torch writes do.
+
+    Args:
+        checkpoint: As a loader returns it: ``{'state_dict': ...}`` or a
+            bare state dict; anything else is returned unchanged.
+
+    Returns:
+        The checkpoint (a bare plain-dict state dict is replaced).
+    """
+    if not isinstance(checkpoint, dict):
+        return checkpoint
+    nested = isinstance(checkpoint.get('state_dict'), dict)
+    state_dict = checkpoint['state_dict'] if nested else checkpoint
+    if not isinstance(state_dict, OrderedDict):
+        state_dict = OrderedDict(state_dict)
+    metadata = getattr(state_dict, '_metadata', None)
+    if metadata is None:
+        metadata = OrderedDict()
+    metadata[''] = dict(metadata.get('', {}), **{SOURCE_METADATA_KEY: str(filename)})
+    state_dict._metadata = metadata
+    if nested:
+        checkpoint['state_dict'] = state_dict
+        return checkpoint
+    return state_dict
 
 
 def load_from_local(filename: str, map_location: Optional[Any] = None) -> Any:
-    """mmengine's ``load_from_local`` with ``weights_only=True``."""
+    """mmengine's ``load_from_local`` with ``weights_only=True``; a
+    directory is refused with what to do (:func:`directory_error`)."""
     filename = osp.expanduser(filename)
+    if osp.isdir(filename):
+        raise directory_error(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
     return safe_load_checkpoint(filename, map_location=map_location)
@@ -123,6 +201,16 @@ def _with_clear_errors(loader: Callable) -> Callable:
     return wrapped
 
 
+def _tagging(loader: Callable) -> Callable:
+    """A loader whose result names its file (:func:`tag_source`)."""
+
+    @functools.wraps(loader)
+    def wrapped(filename, *args, **kwargs):
+        return tag_source(loader(filename, *args, **kwargs), filename)
+
+    return wrapped
+
+
 def register_loaders() -> None:
     """Register the loaders above for mmengine 0.10's schemes (idempotent:
     ``force=True`` replaces)."""
@@ -137,4 +225,4 @@ def register_loaders() -> None:
             _with_clear_errors(mmengine_checkpoint.load_from_ceph),
     }
     for prefixes, loader in schemes.items():
-        CheckpointLoader.register_scheme(prefixes, loader, force=True)
+        CheckpointLoader.register_scheme(prefixes, _tagging(loader), force=True)

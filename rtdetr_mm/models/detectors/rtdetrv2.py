@@ -11,6 +11,7 @@ from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from torch import Tensor
 
 from ..layers.reparameterize import reparameterize_, reparameterized_copy
+from .checkpoint_fit import CHECKPOINT_FIT_MODES, checkpoint_fit_pre_hook
 
 
 class _InferenceCopyCache:
@@ -85,6 +86,18 @@ class RTDETRv2(SingleStageDetector):
             NOTE: training stays NCHW: NHWC trained 0.88x as long, but its
             BatchNorm batch statistics round differently (losses 3e-5 apart
             relative), above the transformers loss-parity tolerance.
+        checkpoint_fit (str): What a checkpoint loaded into the detector
+            (``load_from``, ``tools/test.py``, ``init_detector``, the ONNX
+            export: any ``load_state_dict``) may differ in
+            (``checkpoint_fit.py``): ``'fine_tune'`` (default) only the
+            class-dependent layers, in the number of classes (they keep
+            their initialisation, logged); ``'exact'`` nothing (what
+            ``tools/test.py`` and the export use); ``'off'`` anything: the
+            weights that fit load, the rest is logged as a warning (for
+            experts: e.g. a deliberately changed architecture).
+            Otherwise a checkpoint that does not fit raises
+            ``CheckpointMismatchError`` naming the file, the keys by module
+            and the architecture facts that differ.
         init_cfg (dict, optional): mmengine init config.
 
     The fused copy is built lazily at the first inference call and cached.
@@ -105,13 +118,19 @@ class RTDETRv2(SingleStageDetector):
     def __init__(self, backbone: ConfigType, neck: ConfigType, bbox_head: ConfigType,
                  train_cfg: OptConfigType = None, test_cfg: OptConfigType = None,
                  data_preprocessor: OptConfigType = None, reparameterize: bool = True,
-                 channels_last: bool = True, init_cfg: OptMultiConfig = None) -> None:
+                 channels_last: bool = True, checkpoint_fit: str = 'fine_tune',
+                 init_cfg: OptMultiConfig = None) -> None:
+        if checkpoint_fit not in CHECKPOINT_FIT_MODES:
+            raise ValueError(f'model.checkpoint_fit={checkpoint_fit!r}: must be one of '
+                             f'{CHECKPOINT_FIT_MODES}')
         super().__init__(backbone=backbone, neck=neck, bbox_head=bbox_head,
                          train_cfg=train_cfg, test_cfg=test_cfg,
                          data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.reparameterize = bool(reparameterize)
         self.channels_last = bool(channels_last)
         self._inference_copy_cache = _InferenceCopyCache()
+        self.checkpoint_fit = checkpoint_fit
+        self.register_load_state_dict_pre_hook(checkpoint_fit_pre_hook)
         self.register_load_state_dict_post_hook(_drop_inference_copy)
 
     def invalidate_inference_copy(self) -> None:
