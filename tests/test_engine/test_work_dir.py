@@ -56,7 +56,8 @@ custom_hooks = [dict(type='WaitForFileHook')]
 randomness = dict(seed=0)
 val_dataloader = val_cfg = val_evaluator = None
 train_cfg = dict(max_epochs=1, val_interval=1)
-default_hooks = dict(checkpoint=dict(save_best=None, max_keep_ckpts=3),
+# no optimizer state: a third of the bytes to write
+default_hooks = dict(checkpoint=dict(save_best=None, max_keep_ckpts=3, save_optimizer=False),
                      visualization=dict(type='DetVisualizationHook', draw=False))
 '''
 
@@ -163,12 +164,12 @@ def test_lock_of_another_host_is_refused(config, train, tmp_path, capsys):
 def test_second_training_in_a_work_dir_is_refused(config, tmp_path):
     """Two ``tools/train.py`` processes on one work dir: the first holds
     the lock (``WaitForFileHook`` keeps it before its first epoch); the
-    second exits 1 within seconds naming the first's pid; then the first
-    finishes with its own checkpoints, pointer and config dump."""
+    second (``max_epochs=5``) exits 1 within seconds naming the first's pid;
+    then the first finishes with its own checkpoint, pointer and config
+    dump (``max_epochs=1``)."""
     work, release = str(tmp_path / 'work'), str(tmp_path / 'release')
     env = checkout_env(extra_paths=[osp.dirname(osp.abspath(__file__))])
-    first = popen_python(['tools/train.py', config, '--work-dir', work,
-                          '--cfg-options', 'train_cfg.max_epochs=2'],
+    first = popen_python(['tools/train.py', config, '--work-dir', work],
                          env=dict(env, **{RELEASE_ENV: release}))
     try:
         lock = osp.join(work, 'train.lock')
@@ -190,7 +191,7 @@ def test_second_training_in_a_work_dir_is_refused(config, tmp_path):
                 f'{socket.gethostname()}, started ') in second.stderr
         assert f'lock file {lock}. Wait for that run to finish' in second.stderr
         assert 'Traceback' not in second.stderr
-        assert took < 60, took  # startup only: it never trained
+        assert took < 100, took  # startup only (the first is held until released)
         assert first.poll() is None  # still running, untouched
 
         open(release, 'w').close()
@@ -199,15 +200,13 @@ def test_second_training_in_a_work_dir_is_refused(config, tmp_path):
         if first.poll() is None:
             first.kill()
     assert first.returncode == 0, out[-3000:]
-    assert _pointer(work) == osp.join(work, 'epoch_2.pth')
-    for epoch in (1, 2):
-        meta = _meta(osp.join(work, f'epoch_{epoch}.pth'))
-        assert meta['epoch'] == epoch and 'max_epochs=2' in meta['cfg']
-    assert sorted(osp.basename(p) for p in glob.glob(osp.join(work, '*.pth*'))) == \
-        ['epoch_1.pth', 'epoch_2.pth']
+    assert _pointer(work) == osp.join(work, 'epoch_1.pth')
+    meta = _meta(osp.join(work, 'epoch_1.pth'))
+    assert meta['epoch'] == 1 and 'max_epochs=1' in meta['cfg']
+    assert [osp.basename(p) for p in glob.glob(osp.join(work, '*.pth*'))] == ['epoch_1.pth']
     # the config dump in the work dir is the first run's; the second's went to its log dir
     with open(osp.join(work, 'cfg.py')) as f:
-        assert 'max_epochs=2' in f.read()
+        assert 'max_epochs=1' in f.read()
     dumps = glob.glob(osp.join(work, '*', 'cfg.py'))
     assert len(dumps) == 1 and 'max_epochs=5' in open(dumps[0]).read()
     assert not osp.exists(lock)
