@@ -7,6 +7,12 @@
 Unlike mmdet's script this imports ``rtdetr_mm`` itself, so our modules are
 registered and the checkpoint loads with the ``weights_only`` allow-list even
 when a config forgets ``custom_imports``.
+
+An RT-DETRv2 checkpoint must fit the config exactly, number of classes
+included (``model.checkpoint_fit='exact'``, unless the config sets
+``'off'``): metrics of randomly initialised class layers mean nothing. A
+checkpoint that does not fit, or a directory given as the checkpoint, exits
+with status 1 and the reason on stderr.
 """
 import argparse
 import os.path as osp
@@ -19,6 +25,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import rtdetr_mm  # noqa: F401,E402
 from rtdetr_mm.engine.cli import build_runner, load_config, parse_common_args  # noqa: E402
+from rtdetr_mm.models.detectors.checkpoint_fit import (CheckpointMismatchError,  # noqa: E402
+                                                       require_exact_fit)
 from mmdet.engine.hooks.utils import trigger_visualization_hook  # noqa: E402
 from mmdet.evaluation import DumpDetResults  # noqa: E402
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
@@ -92,6 +100,7 @@ def build_cfg(args) -> Config:
     cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
 
     cfg.load_from = args.checkpoint
+    require_exact_fit(cfg.model)
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
@@ -100,7 +109,9 @@ def build_cfg(args) -> Config:
     return cfg
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """Returns 0, or 1 when the checkpoint does not fit the config (or is a
+    directory); the reason goes to stderr."""
     args = parse_args(argv)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError('The dump file must be a pkl file.')
@@ -113,8 +124,13 @@ def main(argv=None):
         # a metric that only dumps the predictions to a pickle file
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
-    runner.test()
+    try:
+        runner.test()
+    except (CheckpointMismatchError, IsADirectoryError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

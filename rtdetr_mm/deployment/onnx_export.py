@@ -39,6 +39,7 @@ import torch.nn as nn
 from scipy.optimize import linear_sum_assignment
 
 from rtdetr_mm.datasets.walk import first_resize_scale, leaf_datasets
+from rtdetr_mm.models.detectors.checkpoint_fit import require_exact_fit
 from rtdetr_mm.models.layers.postprocess import topk_detections
 from rtdetr_mm.models.layers.reparameterize import reparameterized_copy
 from rtdetr_mm.engine.runner.image_size import check_image_size, resolved_copy
@@ -142,7 +143,10 @@ def build_detector(config: str, checkpoint: Optional[str], sampling: str = 'grid
 
     Goes through ``mmdet.apis.init_detector``, whose mmengine loader reads
     the checkpoint with ``torch.load(weights_only=True)`` and the allow-list
-    that ``import rtdetr_mm`` registers (no unrestricted unpickling).
+    that ``import rtdetr_mm`` registers (no unrestricted unpickling). The
+    checkpoint must fit the config exactly, number of classes included
+    (``model.checkpoint_fit='exact'`` unless the config sets ``'off'``): an
+    exported graph with random class layers would be deployable garbage.
 
     Args:
         config (str): Config file path.
@@ -153,11 +157,19 @@ def build_detector(config: str, checkpoint: Optional[str], sampling: str = 'grid
 
     Returns:
         nn.Module: The detector in eval mode, not fused.
+
+    Raises:
+        CheckpointMismatchError: the checkpoint does not fit the config.
+        IsADirectoryError: ``checkpoint`` is a directory.
+        TypeError: the config's model is not an RT-DETRv2.
     """
     import rtdetr_mm  # noqa: F401  (registers the modules and the allow-list)
     from mmdet.apis import init_detector
-    model = init_detector(config, checkpoint, device=device,
-                          cfg_options=sampling_cfg_options(sampling))
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(sampling_cfg_options(sampling))
+    require_exact_fit(cfg.model)
+    model = init_detector(cfg, checkpoint, device=device)
     if not hasattr(model, 'bbox_head') or not hasattr(model.bbox_head, 'decoder'):
         raise TypeError(f'{config}: model.type must be RTDETRv2 (got '
                         f'{type(model).__name__}); only RT-DETRv2 exports with this tool')

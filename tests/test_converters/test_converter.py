@@ -65,3 +65,50 @@ def test_unknown_input_is_refused(tmp_path):
     assert proc.returncode == 1 and 'bad.pth: not an RT-DETRv2 checkpoint' in proc.stderr
     proc = _tool(str(tmp_path / 'missing_dir'), str(tmp_path / 'x.pth'))
     assert proc.returncode == 1 and 'no such file or directory' in proc.stderr
+
+
+def _convert_in_process(capsys, *args):
+    """The converter's ``main(argv)`` in this process: (status, stderr)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('rtdetr_mm_tools_converter', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    status = module.main(list(args))
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize('model_type,architecture,says', [
+    ('rt_detr', 'RTDetrForObjectDetection', 'this is RT-DETR v1 (RTDetrForObjectDetection), '
+                                            'which rtdetr_mm does not support'),
+    ('detr', 'DetrForObjectDetection', 'this is not an RT-DETRv2 model'),
+])
+def test_other_hf_model_types_are_named(tmp_path, capsys, model_type, architecture, says):
+    """A Hugging Face directory of another model: its model_type, what it
+    is and what the converter supports, instead of a KeyError."""
+    import json
+    src = tmp_path / model_type
+    src.mkdir()
+    (src / 'config.json').write_text(json.dumps(dict(model_type=model_type,
+                                                     architectures=[architecture])))
+    status, err = _convert_in_process(capsys, str(src), str(tmp_path / 'x.pth'))
+    assert status == 1
+    assert f"{src / 'config.json'}: model_type {model_type!r} ({architecture}): {says}" in err, \
+        err
+    assert "Supported: a Hugging Face RT-DETRv2 directory (config.json with model_type " \
+           "'rt_detr_v2'" in err, err
+    assert not osp.exists(tmp_path / 'x.pth')
+
+
+def test_official_v1_checkpoint_is_named(tmp_path, capsys):
+    """An official RT-DETR v1 state dict: decoder layers without the
+    ``num_points_scale`` buffer of every RT-DETRv2 decoder layer."""
+    sd = {'backbone.conv1.conv1_1.conv.weight': torch.zeros(1),
+          'decoder.enc_output.0.weight': torch.zeros(1),
+          'decoder.decoder.layers.0.cross_attn.sampling_offsets.weight': torch.zeros(1)}
+    torch.save({'ema': {'module': sd}}, tmp_path / 'rtdetr_r18vd_v1.pth')
+    status, err = _convert_in_process(capsys, str(tmp_path / 'rtdetr_r18vd_v1.pth'),
+                                      str(tmp_path / 'x.pth'))
+    assert status == 1
+    assert f"{tmp_path / 'rtdetr_r18vd_v1.pth'}: an official RT-DETR v1 checkpoint" in err, err
+    assert 'which rtdetr_mm does not support' in err, err
+    assert not osp.exists(tmp_path / 'x.pth')

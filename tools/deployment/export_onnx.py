@@ -26,6 +26,11 @@ differences and exits with status 1 when they exceed the tolerances.
 ``--sampling discrete`` replaces grid_sample (GridSample, TensorRT >= 8.5) by
 nearest-pixel gathering; a model trained with grid_sample then moves boxes
 by up to a few pixels, so fine-tune with discrete sampling for deployment.
+
+The checkpoint must fit the config exactly, number of classes included
+(``model.checkpoint_fit='exact'`` unless the config sets ``'off'``); one
+that does not, or a directory, exits with status 1 before anything is
+written, the reason on stderr.
 """
 import argparse
 import os
@@ -41,6 +46,7 @@ from rtdetr_mm.deployment.onnx_export import (DEFAULT_OPSET, SAMPLING_METHODS,  
                                               config_input_size, export_onnx,
                                               fuse_for_deploy, verify_onnx)
 from rtdetr_mm.engine.runner.image_size import check_image_size  # noqa: E402
+from rtdetr_mm.models.detectors.checkpoint_fit import CheckpointMismatchError  # noqa: E402
 
 # Default tolerances of the check (score, box px) per sampling method: the
 # exported graph computes the same function, so only float noise differs;
@@ -84,11 +90,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     input_size = (check_image_size(tuple(args.image_size), key='--image-size')
                   if args.image_size else config_input_size(args.config))
-    out = args.out or osp.splitext(args.checkpoint)[0] + f'_{args.sampling}.onnx'
+    out = args.out or osp.splitext(osp.normpath(args.checkpoint))[0] + f'_{args.sampling}.onnx'
+    try:
+        model = build_detector(args.config, args.checkpoint, args.sampling)
+    except (CheckpointMismatchError, IsADirectoryError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
     if osp.dirname(out):
         os.makedirs(osp.dirname(out), exist_ok=True)
-
-    model = build_detector(args.config, args.checkpoint, args.sampling)
     fused = fuse_for_deploy(model)
     export_onnx(fused, out, input_size, opset=args.opset, batch=args.batch,
                 dynamic_batch=args.dynamic_batch,

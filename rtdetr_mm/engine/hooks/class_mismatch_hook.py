@@ -103,8 +103,8 @@ def drop_class_mismatch(model: torch.nn.Module, checkpoint: dict, filename: str,
     fit = compare_state_dicts(
         {name: value for name, value in model_state.items() if is_class_dependent(name)},
         class_state)
-    if not fit.class_changed:
-        return []
+    if not fit.class_changed or fit.mismatched:
+        return []  # the class layers fit, or differ beyond the count: the fit check's
     if resume:
         why = (f'{filename} has {fit.checkpoint_classes} classes, the model '
                f'{fit.model_classes} (model.bbox_head.num_classes)')

@@ -229,7 +229,8 @@ def mismatch_report(fit: CheckpointFit, checkpoint_state: Mapping[str, torch.Ten
             'differ beyond the number of classes; a model loaded from it would keep '
             'random weights there:')
     lines = [head] + _grouped_lines(fit)
-    if fit.class_changed:
+    if None not in (fit.checkpoint_classes, fit.model_classes) \
+            and fit.checkpoint_classes != fit.model_classes:
         lines.append(f'  and {_classes_text(fit, "the checkpoint")}')
     shared = set(checkpoint_state) & set(model_state)
     if not shared:
