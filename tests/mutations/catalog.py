@@ -22,6 +22,8 @@ WALK = 'rtdetr_mm/datasets/walk.py'
 DETECTOR = 'rtdetr_mm/models/detectors/rtdetrv2.py'
 REPARAM = 'rtdetr_mm/models/layers/reparameterize.py'
 REPARAM_TESTS = 'tests/test_models/test_reparameterize.py'
+RUN_SETTINGS = 'rtdetr_mm/engine/runner/run_settings.py'
+RUN_SETTINGS_TESTS = 'tests/test_engine/test_run_settings.py'
 
 MUTATIONS = [
     # ------------------------------------------------------------ loss knobs
@@ -257,6 +259,25 @@ MUTATIONS = [
              'copy.deepcopy(detector) (EMA models) does not carry the inference copy',
              [(DETECTOR, '    def __reduce__(self):\n        return (_InferenceCopyCache, ())\n', '')],
              [f'{REPARAM_TESTS}::test_training_weights_unchanged_and_copy_follows_the_weights']),
+    # ------------------------------------------------ run settings (issue 12)
+    Mutation('run-settings-not-checked',
+             'every run setting is checked before anything is built',
+             [('rtdetr_mm/engine/runner/rtdetrv2_runner.py',
+               '        check_run_settings(cfg)  # every knob in range, before anything is built\n',
+               '')],
+             [f'{RUN_SETTINGS_TESTS}::test_out_of_range_setting_stops_train_naming_the_key',
+              f'{RUN_SETTINGS_TESTS}::test_every_violation_is_listed_at_once']),
+    Mutation('focal-alpha-range-unbounded',
+             'loss_cls.alpha above 1 (a negative loss) is refused',
+             [(RUN_SETTINGS, "Rule(f'{HEAD}.loss_cls.alpha', number(0, 1, optional=True),",
+               "Rule(f'{HEAD}.loss_cls.alpha', number(0, optional=True),")],
+             [f'{RUN_SETTINGS_TESTS}::test_out_of_range_setting_stops_train_naming_the_key',
+              f'{RUN_SETTINGS_TESTS}::test_range_ends_that_are_valid_pass']),
+    Mutation('epoch-length-unchecked',
+             'a batch larger than the dataset with drop_last is named as the cause',
+             [('rtdetr_mm/engine/loops/epoch_loop.py',
+               '        self._check_epoch_length(runner.world_size)\n', '')],
+             [f'{RUN_SETTINGS_TESTS}::test_batch_larger_than_dataset_names_the_cause']),
     # ------------------------------------------------------ test hygiene
     Mutation('converter-imports-installed-package',
              'every tool runs the checkout it lives in (issue 9 hole 5)',

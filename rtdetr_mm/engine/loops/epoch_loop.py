@@ -7,6 +7,8 @@ from mmengine.logging import print_log
 from mmengine.runner import EpochBasedTrainLoop
 from torch.utils.data import BatchSampler
 
+from ..runner.run_settings import RunSettingsError, epoch_length_problem
+
 
 @LOOPS.register_module()
 class RTDETRv2EpochBasedTrainLoop(EpochBasedTrainLoop):
@@ -47,11 +49,25 @@ class RTDETRv2EpochBasedTrainLoop(EpochBasedTrainLoop):
         super().__init__(runner, dataloader, max_epochs, val_begin=val_begin,
                          val_interval=1 if self.fractional else int(val_interval),
                          dynamic_intervals=dynamic_intervals)
+        self._check_epoch_length(runner.world_size)
         self.val_every_epochs = float(val_interval)
         #: iteration counts after which validation runs (fractional mode)
         self.val_points: List[int] = self._val_points() if self.fractional else []
         #: True while a validation inside an epoch runs
         self.in_mid_epoch_validation = False
+
+    def _check_epoch_length(self, world_size: int) -> None:
+        """Raise :class:`RunSettingsError` when an epoch has no iteration
+        (a batch larger than the dataset with ``drop_last``), naming the
+        cause; mmengine would go on and fail in the warm-up scheduler."""
+        if len(self.dataloader) > 0:
+            return
+        batches = self.dataloader.batch_sampler
+        batch_size = getattr(batches, 'batch_size', None) or self.dataloader.batch_size or 1
+        drop_last = bool(getattr(batches, 'drop_last', self.dataloader.drop_last))
+        why = epoch_length_problem(len(self.dataloader.dataset), batch_size, drop_last,
+                                   world_size)
+        raise RunSettingsError(why or 'the train dataloader yields 0 iterations per epoch')
 
     def _val_points(self) -> List[int]:
         epoch_length = len(self.dataloader)

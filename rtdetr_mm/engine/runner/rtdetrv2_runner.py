@@ -14,6 +14,7 @@ from torch import nn
 
 from .image_size import apply_image_size
 from .latest_checkpoint import LAST_CHECKPOINT, resolve_latest_checkpoint
+from .run_settings import check_run_settings
 from .work_dir_lock import WorkDirLock, describe
 
 T = TypeVar('T')
@@ -28,10 +29,14 @@ MMENGINE_DEFAULT_HOOKS = ('runtime_info', 'timer', 'sampler_seed', 'logger', 'pa
 class RTDETRv2Runner(Runner):
     """mmengine's ``Runner`` with these additions.
 
-    1. ``from_cfg`` applies the knobs that must reach several places of the
-       config *after* every child config and ``--cfg-options`` are merged:
-       ``image_size`` (see :mod:`rtdetr_mm.engine.runner.image_size`). The
-       resolved config is the one dumped into the work dir.
+    1. ``from_cfg`` first checks every run setting's type and range
+       (:mod:`rtdetr_mm.engine.runner.run_settings`: one
+       ``RunSettingsError`` listing each key out of range, before the model,
+       a dataset or the work dir is touched), then applies the knobs that
+       must reach several places of the config *after* every child config
+       and ``--cfg-options`` are merged: ``image_size`` (see
+       :mod:`rtdetr_mm.engine.runner.image_size`). The resolved config is
+       the one dumped into the work dir.
     2. ``save_checkpoint`` writes to ``<name>.tmp`` and renames it into place
        (``os.replace`` is atomic on POSIX), so a run killed while saving
        leaves the previous file intact and no truncated ``<name>``. The
@@ -68,6 +73,7 @@ class RTDETRv2Runner(Runner):
     def from_cfg(cls, cfg: Config) -> 'RTDETRv2Runner':
         cfg = Config(cfg.to_dict(), filename=cfg.filename) if isinstance(cfg, Config) \
             else Config(dict(cfg))
+        check_run_settings(cfg)  # every knob in range, before anything is built
         size = apply_image_size(cfg)
         if size is not None:
             print_log(f'image_size: every Resize of the train/val/test pipelines set to '

@@ -63,6 +63,13 @@ class RTDETRv2ClassificationLoss(nn.Module):
             raise ValueError(f'loss_cls.label_smoothing must be in [0, 1), got {label_smoothing}')
         if eos_coef < 0:
             raise ValueError(f'loss_cls.eos_coef must be >= 0, got {eos_coef}')
+        # the same ranges as the run-settings table (engine/runner/run_settings.py),
+        # for a loss built outside a run
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f'loss_cls.alpha must be in [0, 1], got {alpha}: above 1 the '
+                             'negative term changes sign and the loss goes negative')
+        if gamma is not None and gamma < 0:
+            raise ValueError(f'loss_cls.gamma must be >= 0, got {gamma}')
         default_alpha, default_gamma = _DEFAULT_ALPHA_GAMMA.get(loss_type, (None, None))
         self.loss_type = loss_type
         self.alpha = default_alpha if alpha is None else alpha
