@@ -67,7 +67,8 @@ def test_bundled_data_passes(tmp_path):
     root = data['data_root'] + '/'
     proc = subprocess.run(
         [sys.executable, TOOL, DEMO, '--cfg-options', f'train_dataloader.dataset.data_root={root}',
-         f'val_dataloader.dataset.data_root={root}'],
+         f'val_dataloader.dataset.data_root={root}',
+         f'val_evaluator.ann_file={data["val_ann"]}'],  # (read by CocoMetric itself)
         cwd=str(tmp_path), env=checkout_env(), capture_output=True, text=True, timeout=100)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr[-3000:]
