@@ -2,6 +2,7 @@
 import json
 import os
 import os.path as osp
+import pathlib
 
 import cv2
 import numpy as np
@@ -141,3 +142,40 @@ def register_improving_metric() -> str:
                 return dict(bbox_mAP=0.1 * type(self).calls)
 
     return 'ImprovingMetric'
+
+
+# -- hand-written COCO files (one image / annotation entry at a time) ------
+def coco_image(i, w=100, h=100):
+    """A json image entry ``{i:03d}.png`` of w x h pixels."""
+    return dict(id=i, file_name=f'{i:03d}.png', width=w, height=h)
+
+
+def coco_ann(i, img, cat, bbox):
+    """A json annotation (bbox xywh pixels, area 1.0, not crowd)."""
+    return dict(id=i, image_id=img, category_id=cat, bbox=bbox, area=1.0, iscrowd=0)
+
+
+def write_coco(root, images, annotations, categories=None, write_images=True, raw=None):
+    """Write ``root/ann.json`` (or ``raw`` text) and a black PNG per image of
+    the json's size under ``root/img``. Returns (ann_file, img_dir)."""
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    img_dir = root / 'img'
+    img_dir.mkdir(exist_ok=True)
+    categories = categories or [dict(id=1, name='square'), dict(id=2, name='disk')]
+    ann_file = root / 'ann.json'
+    ann_file.write_text(raw if raw is not None else json.dumps(
+        dict(images=images, annotations=annotations, categories=categories)))
+    if write_images:
+        for img in images:
+            cv2.imwrite(str(img_dir / img['file_name']),
+                        np.zeros((img['height'], img['width'], 3), np.uint8))
+    return str(ann_file), str(img_dir) + '/'
+
+
+def good_coco(root, **kw):
+    """3 images (the third without objects), 3 valid boxes of 2 classes; see :func:`write_coco`."""
+    images = [coco_image(1), coco_image(2), coco_image(3)]
+    anns = [coco_ann(1, 1, 1, [10, 10, 30, 30]), coco_ann(2, 1, 2, [50, 50, 20, 20]),
+            coco_ann(3, 2, 2, [0, 0, 40, 60])]
+    return write_coco(root, images, anns, **kw)

@@ -6,7 +6,6 @@ import os
 import os.path as osp
 import re
 
-import cv2
 import mmcv
 import numpy as np
 import pytest
@@ -25,7 +24,8 @@ from rtdetr_mm.datasets.validation import (InputSize, ModelFacts, config_model_f
 # imported by module path: rtdetr_mm.engine.hooks may not export it yet
 from rtdetr_mm.engine.hooks.dataset_check_hook import RTDETRv2DatasetCheckHook  # noqa: F401
 from rtdetr_mm.engine.cli import load_config
-from rtdetr_mm.testing.tiny_coco import tiny_config
+from rtdetr_mm.testing.tiny_coco import coco_ann as _ann, coco_image as _image
+from rtdetr_mm.testing.tiny_coco import good_coco, tiny_config, write_coco
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,38 +34,6 @@ R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 CLASSES = ('square', 'disk')
 PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True),
             dict(type='PackDetInputs')]
-
-
-def _image(i, w=100, h=100):
-    return dict(id=i, file_name=f'{i:03d}.png', width=w, height=h)
-
-
-def _ann(i, img, cat, bbox):
-    return dict(id=i, image_id=img, category_id=cat, bbox=bbox, area=1.0, iscrowd=0)
-
-
-def write_coco(root, images, annotations, categories=None, write_images=True, raw=None):
-    """Write ``root/ann.json`` (or ``raw`` text) and a black PNG per image of
-    the json's size under ``root/img``. Returns (ann_file, img_dir)."""
-    root.mkdir(parents=True, exist_ok=True)
-    img_dir = root / 'img'
-    img_dir.mkdir(exist_ok=True)
-    categories = categories or [dict(id=1, name='square'), dict(id=2, name='disk')]
-    ann_file = root / 'ann.json'
-    ann_file.write_text(raw if raw is not None else json.dumps(
-        dict(images=images, annotations=annotations, categories=categories)))
-    if write_images:
-        for img in images:
-            cv2.imwrite(str(img_dir / img['file_name']),
-                        np.zeros((img['height'], img['width'], 3), np.uint8))
-    return str(ann_file), str(img_dir) + '/'
-
-
-def good_coco(root, **kw):
-    images = [_image(1), _image(2), _image(3)]
-    anns = [_ann(1, 1, 1, [10, 10, 30, 30]), _ann(2, 1, 2, [50, 50, 20, 20]),
-            _ann(3, 2, 2, [0, 0, 40, 60])]
-    return write_coco(root, images, anns, **kw)
 
 
 def build_dataset(ann_file, img_dir, classes=CLASSES, **kw):

@@ -16,7 +16,8 @@ from pycocotools.coco import COCO
 
 from rtdetr_mm.testing.checkout import checkout_env
 from rtdetr_mm.testing.synthetic import DEFAULT_CLASSES, make_synthetic_coco
-from test_dataset_validation import _ann, _image, good_coco, write_coco
+from rtdetr_mm.testing.tiny_coco import coco_ann as _ann, coco_image as _image
+from rtdetr_mm.testing.tiny_coco import good_coco, write_coco
 
 from rtdetr_mm.testing import ROOT
 TOOL = osp.join(ROOT, 'tools', 'misc', 'check_dataset.py')
