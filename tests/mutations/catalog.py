@@ -24,6 +24,7 @@ REPARAM = 'rtdetr_mm/models/layers/reparameterize.py'
 REPARAM_TESTS = 'tests/test_models/test_reparameterize.py'
 RUN_SETTINGS = 'rtdetr_mm/engine/runner/run_settings.py'
 RUN_SETTINGS_TESTS = 'tests/test_engine/test_run_settings.py'
+CHECK_DATASET_TESTS = 'tests/test_tools/test_check_dataset.py'
 
 MUTATIONS = [
     # ------------------------------------------------------------ loss knobs
@@ -278,6 +279,22 @@ MUTATIONS = [
              [('rtdetr_mm/engine/loops/epoch_loop.py',
                '        self._check_epoch_length(runner.world_size)\n', '')],
              [f'{RUN_SETTINGS_TESTS}::test_batch_larger_than_dataset_names_the_cause']),
+    # ------------------------------------------------ dataset checks (issue 12)
+    Mutation('box-fix-key-mismatch',
+             'dropped-box warnings fire, naming their annotation ids',
+             [('rtdetr_mm/datasets/validation/coco_checks.py', "fix_ex.add(f'box_{reason}'",
+               'fix_ex.add(reason')],
+             [f'{CHECK_DATASET_TESTS}::test_dropped_box_warnings_name_annotation_ids']),
+    Mutation('crowd-counted-as-kept',
+             'iscrowd=1 boxes are ignored; an all-crowd train split is an error',
+             [('rtdetr_mm/datasets/validation/coco_checks.py', "        if ann.get('iscrowd', False):",
+               '        if False:')],
+             [f'{CHECK_DATASET_TESTS}::test_check_dataset_problem']),
+    Mutation('best-checkpoint-at-minus-one',
+             'no best checkpoint at mAP -1 (no ground truth)',
+             [('rtdetr_mm/engine/hooks/checkpoint_hook.py',
+               '        metrics = self._without_missing_scores(runner, metrics)\n', '')],
+             ['tests/test_engine/test_hooks/test_checkpoint_no_metric.py']),
     # ------------------------------------------------------ test hygiene
     Mutation('converter-imports-installed-package',
              'every tool runs the checkout it lives in (issue 9 hole 5)',
