@@ -127,7 +127,7 @@ def test_batch_larger_than_dataset_names_the_cause(train, data_config, tmp_path)
                     'train_dataloader.batch_size=16', 'train_dataloader.drop_last=True'])
     assert str(error.value) == (
         'train_dataloader.batch_size=16 with drop_last=True leaves 0 iterations per epoch: '
-        'the dataset has 8 images (8); lower the batch size or set '
+        'the dataset has 8 images; lower the batch size or set '
         'train_dataloader.drop_last=False')
 
 

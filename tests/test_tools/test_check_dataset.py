@@ -422,3 +422,37 @@ def test_train_stops_before_first_iteration_on_training_mismatches(tmp_path):
         expected = VAL_CASES[case].format(val=val).split('] ', 1)[1]
         assert expected in msg, msg
         assert 'val_dataloader.dataset' in msg  # the dataset of the split is named
+
+
+def test_run_settings_reported_as_training_would_refuse_them(tmp_path, capsys):
+    """check_dataset.py reports the run settings tools/train.py refuses
+    (the same table) and an epoch without iterations for the train split's
+    length (3 images, one without objects, kept: filter_empty_gt=False),
+    exit 1; with filter_empty_gt=True the split counts 2 images."""
+    ann_file, img_dir = good_coco(tmp_path / 'data')
+    config = write_config(tmp_path / 'cfg.py', ann_file, img_dir)
+    rc, out = _run_tool(capsys, config, '--splits', 'train')
+    assert rc == 0 and '== run settings: OK' in out, out
+
+    rc, out = _run_tool(capsys, config, '--splits', 'train', '--cfg-options',
+                        'model.bbox_head.loss_cls.alpha=1.5', 'train_dataloader.batch_size=4',
+                        'train_dataloader.drop_last=True')
+    assert rc == 1, out
+    assert '== run settings: 2 out of range' in out, out
+    assert 'ERROR [run_setting] model.bbox_head.loss_cls.alpha=1.5: must be a number in [0, 1]' \
+        in out
+    assert ('ERROR [run_setting] train_dataloader.batch_size=4 with drop_last=True leaves 0 '
+            'iterations per epoch: the dataset has 3 images;') in out, out
+
+    # 2 processes: 2 images each (mmengine pads to ceil(3 / 2)) < batch 3
+    rc, out = _run_tool(capsys, config, '--splits', 'train', '--world-size', '2',
+                        '--cfg-options', 'train_dataloader.batch_size=3',
+                        'train_dataloader.drop_last=True')
+    assert rc == 1 and 'the dataset has 3 images (2 on each of 2 processes)' in out, out
+    rc, out = _run_tool(capsys, config, '--splits', 'train', '--cfg-options',
+                        'train_dataloader.batch_size=3', 'train_dataloader.drop_last=True')
+    assert rc == 0, out
+    rc, out = _run_tool(capsys, config, '--splits', 'train', '--cfg-options',
+                        'train_dataloader.batch_size=3', 'train_dataloader.drop_last=True',
+                        'train_dataloader.dataset.filter_cfg.filter_empty_gt=True')
+    assert rc == 1 and 'the dataset has 2 images;' in out, out

@@ -16,8 +16,14 @@ in one image against the number of queries and the denoising budget,
 object sizes at the training input size (% under 8 / 16 / 32 px on the
 shorter side) and class frequencies, then the errors and warnings.
 
-Exit status: 1 when a dataset has errors that would break training (or no
-COCO dataset was found), 0 otherwise (warnings included). The checks are
+Before the datasets it reports the run settings out of range, as
+``tools/train.py`` would refuse them (``rtdetr_mm.engine.runner.run_settings``),
+and whether the train split leaves at least one iteration per epoch at
+``train_dataloader.batch_size`` / ``drop_last`` on ``--world-size`` processes.
+
+Exit status: 1 when a dataset has errors that would break training, a run
+setting is out of range (or no COCO dataset was found), 0 otherwise
+(warnings included). The checks are
 those of ``rtdetr_mm.datasets.validation``, which the dataset runs itself
 when it is built.
 """
@@ -35,6 +41,8 @@ from rtdetr_mm.datasets.validation import (SIZE_THRESHOLDS, DatasetFacts,  # noq
                                            validate_config)
 from rtdetr_mm.engine.cli import load_config  # noqa: E402
 from rtdetr_mm.engine.runner.image_size import apply_image_size  # noqa: E402
+from rtdetr_mm.engine.runner.run_settings import (epoch_length_problem,  # noqa: E402
+                                                  run_settings_problems)
 from mmengine.config import DictAction  # noqa: E402
 
 
@@ -49,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='decode every image: finds corrupt files and every size that '
                         'differs from the json (slower; by default the header sizes of a '
                         'sample of images are checked)')
+    parser.add_argument('--world-size', type=int, default=1,
+                        help='processes (GPUs) training will use: each gets 1/N of the train '
+                        'split (default 1)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value as in tools/train.py')
     return parser.parse_args(argv)
@@ -107,13 +118,41 @@ def check(cfg, splits: List[str], verify_images: bool = False
     return validate_config(cfg, splits, verify_images=verify_images), model
 
 
+def epoch_length(cfg, results, world_size: int) -> List[str]:
+    """Why the train split would give an epoch without iterations (empty
+    when it would not, or when its length cannot be known from the report:
+    a dataset wrapper such as RepeatDataset changes it)."""
+    loader = cfg.get('train_dataloader') or {}
+    dataset = loader.get('dataset') or {}
+    train = [report for facts, report in results if facts.split == 'train']
+    batch_size = loader.get('batch_size')
+    if len(train) != 1 or 'ann_file' not in dataset or not isinstance(batch_size, int) \
+            or batch_size < 1:
+        return []
+    stats = train[0].stats
+    # mmdet's filter_cfg.filter_empty_gt drops images without objects
+    filtered = bool((dataset.get('filter_cfg') or {}).get('filter_empty_gt', False))
+    num_images = stats.num_images - (stats.num_empty_images if filtered else 0)
+    sampler = loader.get('batch_sampler') or {}
+    drop_last = bool(sampler.get('drop_last', loader.get('drop_last', False)))
+    problem = epoch_length_problem(num_images, batch_size, drop_last, world_size)
+    return [problem] if problem else []
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, 'none', args.cfg_options, None)
+    settings = run_settings_problems(cfg)
     # the input size training will use: `image_size` written into every
-    # Resize, as RTDETRv2Runner does
-    apply_image_size(cfg)
+    # Resize, as RTDETRv2Runner does (after the settings: an invalid size is
+    # reported there)
+    if not any(p.startswith('image_size=') for p in settings):
+        apply_image_size(cfg)
     results, model = check(cfg, args.splits, args.verify_images)
+    settings += epoch_length(cfg, results, args.world_size)
+    print('== run settings: ' + ('OK' if not settings else f'{len(settings)} out of range'))
+    for problem in settings:
+        print(f'   ERROR [run_setting] {problem}')
     if not results:
         print(f'no COCO dataset found in the {"/".join(args.splits)} dataloaders of '
               f'{args.config}')
@@ -124,7 +163,7 @@ def main(argv=None) -> int:
     print(f'config: {args.config}' + (f'\nmodel: {model_line}' if model_line else ''))
     for facts, report in results:
         print(format_report(facts, report, model))
-    num_err = sum(len(r.errors) for _, r in results)
+    num_err = sum(len(r.errors) for _, r in results) + len(settings)
     num_warn = sum(len(r.warnings) for _, r in results)
     verdict = ('FAILED: training would break' if num_err else
                'OK with warnings' if num_warn else 'OK')

@@ -223,7 +223,7 @@ def epoch_length_problem(num_images: int, batch_size: int, drop_last: bool,
         return None
     if num_images == 0:
         return 'the training dataset has 0 images'
-    ranks = f' on each of {world_size} processes' if world_size > 1 else ''
+    ranks = f' ({per_rank} on each of {world_size} processes)' if world_size > 1 else ''
     return (f'train_dataloader.batch_size={batch_size} with drop_last=True leaves 0 '
-            f'iterations per epoch: the dataset has {num_images} images ({per_rank}'
-            f'{ranks}); lower the batch size or set train_dataloader.drop_last=False')
+            f'iterations per epoch: the dataset has {num_images} images{ranks}; lower the '
+            'batch size or set train_dataloader.drop_last=False')
