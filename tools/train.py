@@ -27,6 +27,7 @@ from rtdetr_mm.engine.runner.rtdetrv2_runner import CheckpointSaveError  # noqa:
 from rtdetr_mm.engine.runner.work_dir_lock import WorkDirLockedError  # noqa: E402
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 from mmengine.config import Config  # noqa: E402
+from mmengine.dist import is_main_process  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -99,8 +100,10 @@ def main(argv=None) -> int:
     try:
         runner.train()
     except WORK_DIR_ERRORS as err:
-        message = err.strerror if isinstance(err, CheckpointSaveError) else str(err)
-        print(f'error: {message}', file=sys.stderr)
+        # every rank of a distributed run stops with the same error: one prints it
+        if is_main_process():
+            message = err.strerror if isinstance(err, CheckpointSaveError) else str(err)
+            print(f'error: {message}', file=sys.stderr)
         return 1
     return 0
 
