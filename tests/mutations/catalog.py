@@ -25,6 +25,7 @@ REPARAM_TESTS = 'tests/test_models/test_reparameterize.py'
 RUN_SETTINGS = 'rtdetr_mm/engine/runner/run_settings.py'
 RUN_SETTINGS_TESTS = 'tests/test_engine/test_run_settings.py'
 CHECK_DATASET_TESTS = 'tests/test_tools/test_check_dataset.py'
+WORK_DIR_TESTS = 'tests/test_engine/test_work_dir.py'
 
 MUTATIONS = [
     # ------------------------------------------------------------ loss knobs
@@ -295,6 +296,21 @@ MUTATIONS = [
              [('rtdetr_mm/engine/hooks/checkpoint_hook.py',
                '        metrics = self._without_missing_scores(runner, metrics)\n', '')],
              ['tests/test_engine/test_hooks/test_checkpoint_no_metric.py']),
+    # ------------------------------------------------------ work dir (issue 12)
+    Mutation('work-dir-lock-not-taken', 'train() takes the work dir lock',
+             [('rtdetr_mm/engine/runner/rtdetrv2_runner.py',
+               '            _on_main_for_all(lock.acquire if lock is not None else None)',
+               '            _on_main_for_all(lambda: None)')],
+             [f'{WORK_DIR_TESTS}::test_lock_of_another_host_is_refused']),
+    Mutation('copied-work-dir-resumes-original', 'auto-resume never leaves the work dir',
+             [('rtdetr_mm/engine/runner/latest_checkpoint.py',
+               '    if osp.isfile(recorded) and any(_inside(recorded, d) for d in folders):',
+               '    if osp.isfile(recorded):')],
+             [f'{WORK_DIR_TESTS}::test_copied_work_dir_resumes_from_its_own_file']),
+    Mutation('failed-save-leaves-tmp', 'a failed save removes its .tmp',
+             [('rtdetr_mm/engine/runner/rtdetrv2_runner.py', '            os.remove(tmp_path)\n',
+               '')],
+             [f'{WORK_DIR_TESTS}::test_failed_save_names_path_and_free_space']),
     # ------------------------------------------------------ test hygiene
     Mutation('converter-imports-installed-package',
              'every tool runs the checkout it lives in (issue 9 hole 5)',
