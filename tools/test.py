@@ -24,9 +24,9 @@ from copy import deepcopy
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import rtdetr_mm  # noqa: F401,E402
-from rtdetr_mm.engine.cli import build_runner, load_config, parse_common_args  # noqa: E402
-from rtdetr_mm.models.detectors.checkpoint_fit import (CheckpointMismatchError,  # noqa: E402
-                                                       require_exact_fit)
+from rtdetr_mm.engine.cli import (build_runner, exit_status, load_config,  # noqa: E402
+                                  parse_common_args)
+from rtdetr_mm.models.detectors.checkpoint_fit import require_exact_fit  # noqa: E402
 from mmdet.engine.hooks.utils import trigger_visualization_hook  # noqa: E402
 from mmdet.evaluation import DumpDetResults  # noqa: E402
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
@@ -110,26 +110,24 @@ def build_cfg(args) -> Config:
 
 
 def main(argv=None) -> int:
-    """Returns 0, or 1 when the checkpoint does not fit the config (or is a
-    directory); the reason goes to stderr."""
+    """Returns 0, or 1 after an error in the user's input (the checkpoint does
+    not fit the config or is a directory, a run setting or the test data is
+    wrong); the reason goes to stderr."""
     args = parse_args(argv)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError('The dump file must be a pkl file.')
     # fewer repeated torch.compile recompilations
     setup_cache_size_limit_of_dynamo()
     cfg = build_cfg(args)
-    runner = build_runner(cfg)
 
-    if args.out is not None:
-        # a metric that only dumps the predictions to a pickle file
-        runner.test_evaluator.metrics.append(
-            DumpDetResults(out_file_path=args.out))
-    try:
+    def build_and_test():
+        runner = build_runner(cfg)
+        if args.out is not None:
+            # a metric that only dumps the predictions to a pickle file
+            runner.test_evaluator.metrics.append(
+                DumpDetResults(out_file_path=args.out))
         runner.test()
-    except (CheckpointMismatchError, IsADirectoryError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(build_and_test)
 
 
 if __name__ == '__main__':

@@ -8,10 +8,12 @@ Unlike mmdet's script this imports ``rtdetr_mm`` itself, so our modules are
 registered and checkpoints load with the ``weights_only`` allow-list even
 when a config forgets ``custom_imports``.
 
-Exit status 1 with ``error: <message>`` on stderr (no traceback) when the work
-dir is held by another training (``train.lock``), when ``--resume`` finds no
-checkpoint of this work dir to resume from, or when a checkpoint cannot be
-written (full disk).
+Exit status 1 with ``error: <message>`` on stderr (no traceback) on an error
+in what the user gave (``rtdetr_mm.engine.cli.USER_ERRORS``): a run setting
+out of range, a dataset that would train on nothing or on wrong boxes, a
+``load_from`` checkpoint that does not fit the model (or a directory), a work
+dir held by another training (``train.lock``), ``--resume`` without a
+checkpoint of this work dir, a checkpoint that cannot be written (full disk).
 """
 import argparse
 import os.path as osp
@@ -21,13 +23,10 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import rtdetr_mm  # noqa: F401,E402
-from rtdetr_mm.engine.cli import build_runner, load_config, parse_common_args  # noqa: E402
-from rtdetr_mm.engine.runner.latest_checkpoint import LatestCheckpointError  # noqa: E402
-from rtdetr_mm.engine.runner.rtdetrv2_runner import CheckpointSaveError  # noqa: E402
-from rtdetr_mm.engine.runner.work_dir_lock import WorkDirLockedError  # noqa: E402
+from rtdetr_mm.engine.cli import (build_runner, exit_status, load_config,  # noqa: E402
+                                  parse_common_args)
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 from mmengine.config import Config  # noqa: E402
-from mmengine.dist import is_main_process  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -86,26 +85,13 @@ def build_cfg(args) -> Config:
     return cfg
 
 
-#: errors about the work dir and its files, reported without a traceback
-WORK_DIR_ERRORS = (WorkDirLockedError, LatestCheckpointError, CheckpointSaveError)
-
-
 def main(argv=None) -> int:
-    """Train; 0 when done, 1 after a :data:`WORK_DIR_ERRORS` error (printed)."""
+    """Train; 0 when done, 1 after an error in the user's input (printed)."""
     args = parse_args(argv)
     # fewer repeated torch.compile recompilations
     setup_cache_size_limit_of_dynamo()
     cfg = build_cfg(args)
-    runner = build_runner(cfg)
-    try:
-        runner.train()
-    except WORK_DIR_ERRORS as err:
-        # every rank of a distributed run stops with the same error: one prints it
-        if is_main_process():
-            message = err.strerror if isinstance(err, CheckpointSaveError) else str(err)
-            print(f'error: {message}', file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(lambda: build_runner(cfg).train())
 
 
 if __name__ == '__main__':

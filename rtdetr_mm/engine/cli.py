@@ -2,13 +2,27 @@
 import argparse
 import os
 import os.path as osp
-from typing import List, Optional
+import sys
+from typing import Callable, List, Optional
 
 from mmengine.config import Config, DictAction
+from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from ..datasets import DatasetPipelineError, DatasetValidationError, ImageLoadError
+from ..models.detectors.checkpoint_fit import CheckpointMismatchError
 from .dist import setup_cpu_distributed
+from .runner.latest_checkpoint import LatestCheckpointError
+from .runner.rtdetrv2_runner import CheckpointSaveError
+from .runner.run_settings import RunSettingsError
+from .runner.work_dir_lock import WorkDirLockedError
+
+#: errors in what the user gave (settings, data, checkpoints, the work dir)
+#: whose message says everything: the tools print it without a traceback
+USER_ERRORS = (RunSettingsError, DatasetValidationError, DatasetPipelineError, ImageLoadError,
+               CheckpointMismatchError, IsADirectoryError, WorkDirLockedError,
+               LatestCheckpointError, CheckpointSaveError)
 
 
 def load_config(config: str, launcher: str, cfg_options: Optional[dict],
@@ -59,3 +73,22 @@ def build_runner(cfg: Config) -> Runner:
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def exit_status(command: Callable[[], None]) -> int:
+    """Run ``command``: 0 when it returns, 1 after one of :data:`USER_ERRORS`,
+    printed as ``error: <message>`` on stderr (once: by the main process of
+    a distributed run, whose ranks all stop with the same error). Other
+    exceptions propagate with their traceback (a bug, not an input).
+
+    NOTE: mmdet's scripts let every exception out; these messages name the
+    key, file or id at fault, and a traceback through mmengine would bury them.
+    """
+    try:
+        command()
+    except USER_ERRORS as err:
+        if is_main_process():
+            message = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            print(f'error: {message}', file=sys.stderr)
+        return 1
+    return 0
