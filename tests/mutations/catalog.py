@@ -26,6 +26,7 @@ RUN_SETTINGS = 'rtdetr_mm/engine/runner/run_settings.py'
 RUN_SETTINGS_TESTS = 'tests/test_engine/test_run_settings.py'
 CHECK_DATASET_TESTS = 'tests/test_tools/test_check_dataset.py'
 WORK_DIR_TESTS = 'tests/test_engine/test_work_dir.py'
+FIT_TESTS = 'tests/test_engine/test_checkpoint_fit.py'
 
 MUTATIONS = [
     # ------------------------------------------------------------ loss knobs
@@ -296,6 +297,21 @@ MUTATIONS = [
              [('rtdetr_mm/engine/hooks/checkpoint_hook.py',
                '        metrics = self._without_missing_scores(runner, metrics)\n', '')],
              ['tests/test_engine/test_hooks/test_checkpoint_no_metric.py']),
+    # ------------------------------------------------ checkpoint fit (issue 12)
+    Mutation('checkpoint-fit-unchecked',
+             'a checkpoint of another architecture is refused wherever it is loaded',
+             [(DETECTOR, '        self.register_load_state_dict_pre_hook(checkpoint_fit_pre_hook)\n',
+               '')],
+             [f'{FIT_TESTS}::test_init_detector_refuses_other_architecture_unless_off',
+              f'{FIT_TESTS}::test_load_from_other_architecture_stops_training']),
+    Mutation('test-py-accepts-other-class-count',
+             'tools/test.py refuses a checkpoint of another number of classes',
+             [('tools/test.py', '    require_exact_fit(cfg.model)\n', '')],
+             [f'{FIT_TESTS}::test_test_py_refuses_other_num_classes']),
+    Mutation('directory-checkpoint-not-found', 'a directory given as checkpoint says what to do',
+             [('rtdetr_mm/engine/checkpoint_loaders.py',
+               '    if osp.isdir(filename):\n        raise directory_error(filename)\n', '')],
+             [f'{FIT_TESTS}::test_directory_as_checkpoint_says_what_to_do']),
     # ------------------------------------------------------ work dir (issue 12)
     Mutation('work-dir-lock-not-taken', 'train() takes the work dir lock',
              [('rtdetr_mm/engine/runner/rtdetrv2_runner.py',
