@@ -17,7 +17,6 @@ load across a change of the number of classes.
   cases lose the previous file.
 """
 import glob
-import importlib.util
 import os
 import random
 import os.path as osp
@@ -34,6 +33,7 @@ from rtdetr_mm.testing.checkout import checkout_env, popen_python
 from rtdetr_mm.testing.tiny_coco import make_tiny_coco, register_improving_metric, tiny_config
 
 from rtdetr_mm.testing import ROOT
+from rtdetr_mm.testing.tools import load_tool
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 KILL_ENV = 'RTDETR_TEST_KILL_ON_SAVE'
 
@@ -167,11 +167,7 @@ def test_kill_during_save_keeps_previous_checkpoints(tmp_path, data):
 
 # ------------------------------------------------ corrupt / truncated files
 def _tools_train():
-    spec = importlib.util.spec_from_file_location('_rtdetr_tools_train',
-                                                  osp.join(ROOT, 'tools/train.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('train')
 
 
 @pytest.fixture(scope='module')

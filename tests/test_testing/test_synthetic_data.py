@@ -1,6 +1,5 @@
 """The synthetic shapes dataset: deterministic, valid COCO, tight boxes."""
 import hashlib
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -13,7 +12,7 @@ from pycocotools.coco import COCO
 from rtdetr_mm.testing import synthetic
 from rtdetr_mm.testing.synthetic import make_synthetic_coco, render_dataset_image
 
-from rtdetr_mm.testing import ROOT
+from rtdetr_mm.testing.tools import load_tool
 TINY = dict(num_train=8, num_val=4, image_size=(96, 128), max_objects=6)
 
 
@@ -121,10 +120,7 @@ def test_empty_images_overlaps_and_size_range(tmp_path):
 
 def test_manifest_reuse_and_cli(tmp_path, capsys):
     out = str(tmp_path / 'cli')
-    spec = importlib.util.spec_from_file_location(
-        'make_demo_data', osp.join(ROOT, 'tools', 'misc', 'make_demo_data.py'))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_tool('misc/make_demo_data')
     argv = ['--out', out, '--num-train', '3', '--num-val', '2', '--min-size', '64',
             '--max-size', '72', '--classes', 'square', 'disk', '--check']
     assert cli.main(argv) == 0

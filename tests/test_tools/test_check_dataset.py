@@ -1,7 +1,6 @@
 """tools/misc/check_dataset.py on the bundled data and on crafted bad
 datasets, and a training run that stops on a bad dataset before the first
 iteration."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -18,6 +17,7 @@ from rtdetr_mm.testing.checkout import checkout_env
 from rtdetr_mm.testing.synthetic import DEFAULT_CLASSES, make_synthetic_coco
 from rtdetr_mm.testing.tiny_coco import coco_ann as _ann, coco_image as _image
 from rtdetr_mm.testing.tiny_coco import good_coco, write_coco
+from rtdetr_mm.testing.tools import load_tool
 
 from rtdetr_mm.testing import ROOT
 TOOL = osp.join(ROOT, 'tools', 'misc', 'check_dataset.py')
@@ -26,10 +26,7 @@ CLASSES = ('square', 'disk')
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('check_dataset_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('misc/check_dataset')
 
 
 
@@ -390,7 +387,6 @@ def test_val_ground_truth_checked_before_training(tmp_path, capsys, case):
 def _train_error(config, work_dir, capsys):
     """tools/train.py CONFIG in-process: exit status 1 and the error it
     prints (a DatasetValidationError's message; no iteration may have run)."""
-    from rtdetr_mm.testing.tools import load_tool
     capsys.readouterr()
     assert load_tool('train').main([config, '--work-dir', str(work_dir)]) == 1
     err = capsys.readouterr().err

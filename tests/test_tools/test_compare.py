@@ -15,7 +15,6 @@ obtained another way:
 import contextlib
 import csv
 import glob
-import importlib.util
 import io
 import json
 import os.path as osp
@@ -23,6 +22,7 @@ import os.path as osp
 import pytest
 import torch
 
+from rtdetr_mm.testing.tools import load_tool
 from rtdetr_mm.testing import ROOT
 from rtdetr_mm.testing.tiny_coco import PIPELINES
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
@@ -31,14 +31,6 @@ IMAGE_SIZE = (64, 64)  # (h, w)
 NUM_TRAIN, NUM_VAL, BATCH = 8, 4, 4  # 2 training iterations per model
 
 pytestmark = pytest.mark.timeout(420)
-
-
-def _load_tool(relpath: str, name: str):
-    """Import a script under tools/ as a module."""
-    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, relpath))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # The data, input size, pipeline, evaluator and schedule length shared by
@@ -174,7 +166,7 @@ def trained(tmp_path_factory):
                              'RTDETRv2EpochBasedTrainLoop', data_root, DEFAULT_CLASSES),
         dino=_write_config(str(tmp / 'dino_tiny.py'), DINO, DINO_MODEL,
                            'EpochBasedTrainLoop', data_root, DEFAULT_CLASSES))
-    train = _load_tool('tools/train.py', 'rtdetr_mm_train_tool')
+    train = load_tool('train')
     work_dirs, checkpoints = {}, {}
     for name, config in configs.items():
         work_dirs[name] = str(tmp / f'work_{name}')
@@ -193,7 +185,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope='module')
 def table(trained):
     """compare.py's rows, Markdown (stdout) and CSV."""
-    compare = _load_tool('tools/analysis_tools/compare.py', 'rtdetr_mm_compare_tool')
+    compare = load_tool('analysis_tools/compare')
     tmp = trained['tmp']
     csv_file = str(tmp / 'table.csv')
     names = list(trained['configs'])
@@ -228,7 +220,7 @@ def test_params_equal_sum_of_parameter_sizes(trained, table):
 
 def test_ap_equals_tools_test(trained, table):
     """AP columns == tools/test.py's CocoMetric on the same checkpoint."""
-    test_tool = _load_tool('tools/test.py', 'rtdetr_mm_test_tool')
+    test_tool = load_tool('test')
     keys = dict(AP='coco/bbox_mAP', AP50='coco/bbox_mAP_50', AP75='coco/bbox_mAP_75',
                 APs='coco/bbox_mAP_s', APm='coco/bbox_mAP_m', APl='coco/bbox_mAP_l')
     aps = {}
@@ -312,7 +304,7 @@ class _ToyWithOpaque(_Toy):
 
 
 def test_flop_counts_by_hand():
-    compare = _load_tool('tools/analysis_tools/compare.py', 'rtdetr_mm_compare_tool')
+    compare = load_tool('analysis_tools/compare')
     data = dict(inputs=torch.rand(1, 3, 16, 16), data_samples=None)
     conv = 8 * 3 * 9 * 16 * 16
     linear = 35 * 8 * 4
@@ -333,7 +325,7 @@ def test_from_scratch_is_checked_in_the_configs():
     """The comparison configs (and RT-DETRv2's) start from no pretrained
     weights; a config that does is named in the table instead."""
     from mmengine.config import Config
-    compare = _load_tool('tools/analysis_tools/compare.py', 'rtdetr_mm_compare_tool')
+    compare = load_tool('analysis_tools/compare')
     for config in sorted(glob.glob(osp.join(ROOT, 'configs/comparison/*.py'))) + [R18]:
         assert compare.pretrained_sources(Config.fromfile(config)) == [], config
     cfg = Config.fromfile(DINO)

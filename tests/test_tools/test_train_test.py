@@ -3,7 +3,6 @@
 The config has no ``custom_imports``: the scripts import rtdetr_mm
 themselves, so resuming works through the weights_only allow-list.
 """
-import importlib.util
 import os.path as osp
 import pickle
 
@@ -11,15 +10,7 @@ import pytest
 import torch
 from rtdetr_mm.testing.tiny_mmdet import make_coco, tiny_cfg
 
-from rtdetr_mm.testing import ROOT
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'rtdetr_mm_tools_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from rtdetr_mm.testing.tools import load_tool
 
 
 @pytest.fixture(scope='module')
@@ -35,7 +26,7 @@ def config_file(tmp_path_factory):
 
 def test_train_resume_test(config_file, tmp_path):
     import torch
-    train, test = _load_tool('train'), _load_tool('test')
+    train, test = load_tool('train'), load_tool('test')
     work_dir = str(tmp_path / 'work')
 
     train.main([config_file, '--work-dir', work_dir])
@@ -55,7 +46,7 @@ def test_train_resume_test(config_file, tmp_path):
 
 
 def test_train_args_as_mmdet(config_file):
-    train = _load_tool('train')
+    train = load_tool('train')
     args = train.parse_args([config_file, '--amp', '--resume', 'x.pth',
                              '--cfg-options', 'train_cfg.max_epochs=3'])
     cfg = train.build_cfg(args)
@@ -70,7 +61,7 @@ def test_train_args_as_mmdet(config_file):
 
 
 def test_test_args_as_mmdet(config_file):
-    test = _load_tool('test')
+    test = load_tool('test')
     args = test.parse_args([config_file, 'ckpt.pth', '--tta', '--show-dir',
                             'vis', '--work-dir', 'wd'])
     cfg = test.build_cfg(args)
