@@ -12,3 +12,4 @@ register_safe_globals()
 
 from . import datasets, engine, models  # noqa: E402,F401
 from .datasets import samplers  # noqa: E402,F401
+from . import evaluation  # noqa: E402,F401
