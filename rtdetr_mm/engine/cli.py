@@ -12,7 +12,9 @@ from mmengine.runner import Runner
 
 from ..datasets import DatasetPipelineError, DatasetValidationError, ImageLoadError
 from ..models.detectors.checkpoint_fit import CheckpointMismatchError
+from .checkpoint_safety import CorruptCheckpointError, UnsafeCheckpointError
 from .dist import setup_cpu_distributed
+from .hooks.nonfinite_hook import NonFiniteLossError
 from .runner.latest_checkpoint import LatestCheckpointError
 from .runner.rtdetrv2_runner import CheckpointSaveError
 from .runner.run_settings import RunSettingsError
@@ -21,7 +23,8 @@ from .runner.work_dir_lock import WorkDirLockedError
 #: errors in what the user gave (settings, data, checkpoints, the work dir)
 #: whose message says everything: the tools print it without a traceback
 USER_ERRORS = (RunSettingsError, DatasetValidationError, DatasetPipelineError, ImageLoadError,
-               CheckpointMismatchError, IsADirectoryError, WorkDirLockedError,
+               CheckpointMismatchError, IsADirectoryError, UnsafeCheckpointError,
+               CorruptCheckpointError, NonFiniteLossError, WorkDirLockedError,
                LatestCheckpointError, CheckpointSaveError)
 
 

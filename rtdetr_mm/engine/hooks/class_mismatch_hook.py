@@ -8,8 +8,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
-from ...models.detectors.checkpoint_fit import (class_change_message, compare_state_dicts,
-                                                is_class_dependent)
+from ...models.detectors.checkpoint_fit import (CheckpointMismatchError, class_change_message,
+                                                compare_state_dicts, is_class_dependent)
 
 #: ``Runner.load_checkpoint``'s default key rewrite (DDP's ``module.``)
 REVISE_KEYS = [(r'^module.', '')]
@@ -47,7 +47,7 @@ class RTDETRv2ClassMismatchHook(Hook):
         number of classes by the model's.
 
         Raises:
-            ValueError: when resuming (``runner.cfg.resume``) from a
+            CheckpointMismatchError: when resuming (``runner.cfg.resume``) from a
                 checkpoint with another number of classes.
         """
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -108,8 +108,9 @@ def drop_class_mismatch(model: torch.nn.Module, checkpoint: dict, filename: str,
     if resume:
         why = (f'{filename} has {fit.checkpoint_classes} classes, the model '
                f'{fit.model_classes} (model.bbox_head.num_classes)')
-        raise ValueError(f'cannot resume: {why}. Resume with the config the checkpoint was '
-                         'trained with, or fine-tune from it with load_from (resume=False).')
+        raise CheckpointMismatchError(
+            f'cannot resume: {why}. Resume with the config the checkpoint was trained with, '
+            'or fine-tune from it with load_from (resume=False).')
     if getattr(model, 'checkpoint_fit', 'fine_tune') == 'exact':
         return []
     for name, _, _ in fit.class_changed:
