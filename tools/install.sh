@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent installer for rtdetr_mm into the *current* Python environment
 # (${PYTHON:-python}). Installs only what is missing or at the wrong version:
-#   requirements/runtime.txt + requirements/tests.txt (exact pins),
+#   requirements/runtime.txt + requirements/tests.txt (exact pins; a line
+#     marked `# no-deps` is installed with pip --no-deps),
 #   mmcv 2.1.0 with compiled ops (cached wheel in $RTDETR_MM_WHEEL_CACHE,
 #     built from the sdist there if absent: 6-10 min on 2 cores),
 #   mmdet 3.3.0 with --no-deps (its metadata would otherwise drag nothing in,
@@ -23,8 +24,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
 log() { echo "[install] $*"; }
 pip_() { log "pip $*"; "$PYTHON" -m pip "$@"; }
 
-# Prints one line per unmet requirement: "pip <requirement>", "mmcv <why>",
-# "mmdet <why>" or "self <why>". Prints nothing when all is in place.
+# Prints one line per unmet requirement: "pip <requirement>", "nodeps
+# <requirement>" (a line marked `# no-deps`), "mmcv <why>", "mmdet <why>" or
+# "self <why>". Prints nothing when all is in place.
 check() {
     "$PYTHON" - "$ROOT" "${REQ_FILES[@]}" <<'PY'
 import importlib.metadata as md
@@ -73,13 +75,16 @@ def installed_version(name):
 
 for path in req_files:
     with open(path) as f:
-        for line in f:
-            line = line.split('#')[0].strip()
+        for raw in f:
+            line, _, comment = raw.partition('#')
+            line = line.strip()
             if not line:
                 continue
             name, spec = re.match(r'([A-Za-z0-9_.\-]+)\s*(.*)', line).groups()
             have = installed_version(name)
             kind = name.lower() if name.lower() in ('mmcv', 'mmdet') else 'pip'
+            if comment.strip() == 'no-deps':
+                kind = 'nodeps'
             if have is None:
                 print(kind, line, '(missing)')
             elif not satisfies(have, spec):
@@ -120,6 +125,13 @@ sed 's/^/[install]   /' <<<"$TODO"
 mapfile -t PIP_REQS < <(awk '$1 == "pip" {print $2}' <<<"$TODO")
 if ((${#PIP_REQS[@]})); then
     pip_ install "${PIP_REQS[@]}"
+fi
+# 1b. Lines marked `# no-deps` (albumentations, albucore): without their
+#     requirements, which would add opencv-python-headless, a second cv2 over
+#     the pinned opencv-python; their other requirements are plain lines.
+mapfile -t NODEPS_REQS < <(awk '$1 == "nodeps" {print $2}' <<<"$TODO")
+if ((${#NODEPS_REQS[@]})); then
+    pip_ install --no-deps "${NODEPS_REQS[@]}"
 fi
 
 # 2. mmcv with compiled ops, from the cached wheel or built into the cache.
