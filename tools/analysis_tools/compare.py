@@ -4,7 +4,8 @@ training time and COCO bbox AP.
     python tools/analysis_tools/compare.py CONFIG [CONFIG ...] \\
         (--checkpoints CKPT [CKPT ...] | --work-dirs DIR [DIR ...]) \\
         [--names NAME ...] [--csv FILE] [--latency-runs 20] [--warmup-runs 3] \\
-        [--device cpu] [--out-dir DIR] [--cfg-options K=V ...] [--verbose]
+        [--device cpu] [--out-dir DIR] [--cfg-options K=V ...] [--verbose] \\
+        [--results RESULT.json ...]
 
 One checkpoint (or one training work dir, whose ``last_checkpoint`` is used)
 per config, in the same order. For each model:
@@ -37,6 +38,14 @@ per config, in the same order. For each model:
 * **AP ... APl**: the config's test loop (test dataloader and evaluator,
   mmdet's ``CocoMetric``) run with the checkpoint, as ``tools/test.py``
   does.
+* **img/s (train)**: training images per second of training time
+  (iterations x ``train_dataloader.batch_size`` / train time; one process).
+
+``--results``: rows measured elsewhere, one JSON file each, printed after
+the configs' rows: ``tools/analysis_tools/hf_trainer_baseline.py`` writes
+one (transformers' Trainer on a config's data; AP ... APl from the same
+CocoMetric, its train time, images per second and params; no FLOPs or
+latency, ``n/a``).
 
 The Markdown table is all that goes to stdout (progress and the logs of the
 test runs go to stderr), ``--csv`` writes the same rows as CSV. Checkpoints
@@ -148,6 +157,9 @@ class Row:
     metrics: Dict[str, float] = field(default_factory=dict)
     #: where the config initialises from pretrained weights (empty: from scratch)
     pretrained: List[str] = field(default_factory=list)
+    images_per_s: Optional[float] = None
+    #: the --results file this row was read from ('' for a measured config)
+    result_file: str = ''
 
 
 def resolve_checkpoint(work_dir: str) -> str:
@@ -328,6 +340,8 @@ def measure(name: str, config: str, checkpoint_path: str, cfg_options: Optional[
 
     checkpoint = safe_load_checkpoint(checkpoint_path, map_location='cpu')
     row.train_time_s, row.train_iters = training_time(checkpoint)
+    if row.train_time_s:
+        row.images_per_s = row.train_iters * cfg.train_dataloader.batch_size / row.train_time_s
     model = build_model(cfg, checkpoint, device, checkpoint_path)
     del checkpoint
     row.params = parameter_count(model)['']
@@ -347,6 +361,34 @@ def measure(name: str, config: str, checkpoint_path: str, cfg_options: Optional[
     return row
 
 
+#: ``format`` of the result files ``--results`` reads (hf_trainer_baseline.py)
+RESULT_FORMAT = 'rtdetr_mm.hf_trainer_baseline/1'
+
+
+def read_result(path: str) -> Row:
+    """One row from a result file of ``hf_trainer_baseline.py`` (JSON:
+    ``name``, ``config``, ``input``, ``params``, ``train_time_s``,
+    ``train_steps``, ``images_per_s``, ``metrics`` with CocoMetric keys,
+    ``init``: the initial weights, null for a random initialisation)."""
+    import json
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f'--results {path}: cannot be read as JSON ({err})') from None
+    if not isinstance(record, dict) or record.get('format') != RESULT_FORMAT:
+        found = record.get('format') if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f'--results {path}: format {found!r}, expected {RESULT_FORMAT!r} '
+                         '(a file written by tools/analysis_tools/hf_trainer_baseline.py)')
+    return Row(name=record['name'], config=record['config'], checkpoint=path,
+               input_shape=record['input'], params=record['params'],
+               train_time_s=record['train_time_s'], train_iters=record['train_steps'],
+               images_per_s=record['images_per_s'],
+               metrics={k: v for k, v in record['metrics'].items() if v is not None},
+               pretrained=[f'init={record["init"]}'] if record.get('init') else [],
+               result_file=path)
+
+
 # --------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------
@@ -363,14 +405,15 @@ def _fmt_time(seconds: Optional[float], iters: Optional[int]) -> str:
 
 def markdown_table(rows: Sequence[Row], device: str, threads: int) -> str:
     header = ['model', 'input', 'params (M)', 'FLOPs (G)', f'latency (ms, {device})',
-              'train time'] + [c for c, _ in AP_COLUMNS]
+              'train time', 'img/s (train)'] + [c for c, _ in AP_COLUMNS]
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for r in rows:
         flops = _fmt(None if r.flops is None else r.flops / 1e9, '.2f')
         if r.flops_lower_bound:
             flops = '≥ ' + flops
         cells = [r.name, r.input_shape, _fmt(r.params / 1e6, '.2f'), flops,
-                 _fmt(r.latency_ms, '.1f'), _fmt_time(r.train_time_s, r.train_iters)]
+                 _fmt(r.latency_ms, '.1f'), _fmt_time(r.train_time_s, r.train_iters),
+                 _fmt(r.images_per_s, '.1f')]
         cells += [_fmt(r.metrics.get(key), '.3f') for _, key in AP_COLUMNS]
         lines.append('| ' + ' | '.join(cells) + ' |')
     notes = ['']
@@ -392,6 +435,12 @@ def markdown_table(rows: Sequence[Row], device: str, threads: int) -> str:
         'checkpoint\'s message hub. AP: COCO bbox AP of the checkpoint on the '
         'config\'s test split (mmdet CocoMetric).',
     ]
+    read = [r for r in rows if r.result_file]
+    if read:
+        notes.append('Read from --results (transformers\' Trainer, '
+                     'hf_trainer_baseline.py; train time: Trainer.train without '
+                     'evaluations, "it" = optimizer steps; no FLOPs / latency measured): '
+                     + '; '.join(f'{r.name}: {r.result_file}' for r in read) + '.')
     bounded = [r for r in rows if r.flops_lower_bound]
     if bounded:
         notes.append('≥: lower bound, operators without a FLOP counter: ' + '; '.join(
@@ -401,7 +450,7 @@ def markdown_table(rows: Sequence[Row], device: str, threads: int) -> str:
 
 CSV_FIELDS = ['model', 'config', 'checkpoint', 'input', 'params', 'flops',
               'flops_lower_bound', 'latency_ms', 'device', 'threads', 'train_time_s',
-              'train_iters'] + [c for c, _ in AP_COLUMNS] + ['from_scratch']
+              'train_iters', 'images_per_s'] + [c for c, _ in AP_COLUMNS] + ['from_scratch']
 
 
 def write_csv(path: str, rows: Sequence[Row], device: str, threads: int) -> None:
@@ -412,9 +461,11 @@ def write_csv(path: str, rows: Sequence[Row], device: str, threads: int) -> None
             record = dict(model=r.name, config=r.config, checkpoint=r.checkpoint,
                           input=r.input_shape, params=r.params, flops=r.flops,
                           flops_lower_bound=r.flops_lower_bound,
-                          latency_ms=f'{r.latency_ms:.3f}', device=device, threads=threads,
+                          latency_ms='' if r.latency_ms is None else f'{r.latency_ms:.3f}',
+                          device=device, threads=threads,
                           train_time_s='' if r.train_time_s is None else f'{r.train_time_s:.3f}',
                           train_iters='' if r.train_iters is None else r.train_iters,
+                          images_per_s='' if r.images_per_s is None else f'{r.images_per_s:.3f}',
                           from_scratch=not r.pretrained)
             for column, key in AP_COLUMNS:
                 record[column] = r.metrics.get(key, '')
@@ -427,8 +478,8 @@ def write_csv(path: str, rows: Sequence[Row], device: str, threads: int) -> None
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('configs', nargs='+', help='config files')
-    source = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument('configs', nargs='*', help='config files')
+    source = parser.add_mutually_exclusive_group()
     source.add_argument('--checkpoints', nargs='+', help='one checkpoint per config')
     source.add_argument('--work-dirs', nargs='+',
                         help='one training work dir per config (its last checkpoint)')
@@ -441,8 +492,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='overrides applied to every config (key=value)')
     parser.add_argument('--verbose', action='store_true', help='INFO logs of the test runs')
+    parser.add_argument('--results', nargs='+', default=[],
+                        help='rows measured elsewhere: hf_trainer_baseline.py result files')
     args = parser.parse_args(argv)
-    sources = args.checkpoints or args.work_dirs
+    if not args.configs and not args.results:
+        parser.error('nothing to compare: give configs (with --checkpoints / --work-dirs) '
+                     'and / or --results')
+    sources = args.checkpoints or args.work_dirs or []
     if len(sources) != len(args.configs):
         parser.error(f'{len(args.configs)} configs but {len(sources)} '
                      f'{"checkpoints" if args.checkpoints else "work dirs"}')
@@ -455,8 +511,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> List[Row]:
     args = parse_args(argv)
-    checkpoints = args.checkpoints or [resolve_checkpoint(d) for d in args.work_dirs]
+    checkpoints = args.checkpoints or [resolve_checkpoint(d) for d in args.work_dirs or []]
     names = args.names or [osp.splitext(osp.basename(c))[0] for c in args.configs]
+    read = [read_result(path) for path in args.results]  # a bad file stops before measuring
     out_dir = args.out_dir or tempfile.mkdtemp(prefix='compare_')
     rows = []
     for index, (name, config, checkpoint) in enumerate(zip(names, args.configs, checkpoints)):
@@ -467,6 +524,7 @@ def main(argv=None) -> List[Row]:
             rows.append(measure(name, config, checkpoint, args.cfg_options, args.device,
                                 args.latency_runs, args.warmup_runs, out_dir, index,
                                 args.verbose))
+    rows += read
     threads = torch.get_num_threads()
     print(markdown_table(rows, args.device, threads), flush=True)
     if args.csv:
