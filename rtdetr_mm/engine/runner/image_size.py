@@ -45,7 +45,7 @@ def check_image_size(image_size, key: str = 'image_size') -> Tuple[int, int]:
     else:
         raise ValueError(f'{key} must be an int or a (height, width) pair of ints, '
                          f'got {image_size!r}')
-    bad = [v for v in size if v <= 0 or v % SIZE_DIVISOR]
+    bad = list(dict.fromkeys(v for v in size if v <= 0 or v % SIZE_DIVISOR))  # once each
     if bad:
         hints = ', '.join(f'{v} -> {_nearest(v)}' for v in bad)
         raise ValueError(
