@@ -36,13 +36,13 @@ HAND_MADE = [
         (0, 0.8, [0, 0, 10, 10]),     # p2 a: duplicate of g1 -> FP; confusion [a, a]
         (0, 0.7, [40, 0, 50, 10]),    # p3 a on the b GT g3 -> FP; confusion [b, a]
         (0, 0.6, [62, 2, 72, 12]),    # p4 a inside the crowd a region -> ignored (COCO)
-        (1, 0.55, [40, 0, 50, 10]),   # p5 b: TP on g3
+        (1, 0.5625, [40, 0, 50, 10]),  # p5 b: TP on g3
         (0, 0.3, [20, 0, 30, 10]),    # p6 a: TP on g2, below score_thr 0.5
         (1, 0.3, [80, 80, 90, 90]),   # p7 b: FP, below score_thr, same score as p6
     ], gts=[(0, [0, 0, 10, 10]), (0, [20, 0, 30, 10]), (1, [40, 0, 50, 10])],
         crowd=[(0, [60, 0, 100, 40])]),
     _sample(2, preds=[
-        (1, 0.65, [1, 0, 11, 10]),    # p8 b: TP on g4 (IoU 90/110)
+        (1, 0.625, [1, 0, 11, 10]),   # p8 b: TP on g4 (IoU 90/110)
         (0, 0.4, [50, 50, 60, 60]),   # p9 a: FP, below score_thr
     ], gts=[(1, [0, 0, 10, 10])]),
     _sample(3, preds=[(1, 0.95, [0, 0, 10, 10])], gts=[]),  # p10 b: FP on background
@@ -65,10 +65,10 @@ def test_hand_made_counts_through_the_metric():
     assert m['op/F1'] == pytest.approx(6 / 10)
     assert m['op/a_F1'] == pytest.approx(2 / 5)   # 2TP / (2TP + FP + FN)
     assert m['op/b_F1'] == pytest.approx(4 / 5)
-    # best per class: a at 0.9 (1 TP, 0 FP: 2/3); b at 0.55 (2 TP, 1 FP: 4/5)
-    assert (m['op/a_best_thr'], m['op/b_best_thr']) == pytest.approx((0.9, 0.55))
+    # best per class: a at 0.9 (1 TP, 0 FP: 2/3); b at 0.5625 (2 TP, 1 FP: 4/5)
+    assert (m['op/a_best_thr'], m['op/b_best_thr']) == pytest.approx((0.9, 0.5625))
     # pooled: at 0.3 p6 (TP) and p7 (FP) enter together: 4 TP, 5 FP, 0 FN -> 8/13,
-    # better than 0.55's 6/10 (counting p6 alone would give 8/12)
+    # better than 0.5625's 6/10 (counting p6 alone would give 8/12)
     assert m['op/best_thr'] == pytest.approx(0.3)
     assert m['op/best_F1'] == pytest.approx(8 / 13)
     assert len(m) == 5 + 2 * len(CLASSES)
@@ -93,7 +93,7 @@ def test_hand_made_curves_and_confusion_matrix():
     np.testing.assert_array_equal(ops.curves[0].tp, [1, 1, 1, 1, 2])
     np.testing.assert_array_equal(ops.curves[0].fp, [0, 1, 2, 3, 3])
     np.testing.assert_allclose(ops.overall_curve.thresholds,
-                               [0.95, 0.9, 0.8, 0.7, 0.65, 0.55, 0.4, 0.3])
+                               [0.95, 0.9, 0.8, 0.7, 0.625, 0.5625, 0.4, 0.3])
     np.testing.assert_array_equal(ops.overall_curve.tp, [0, 1, 1, 1, 2, 3, 3, 4])
     np.testing.assert_array_equal(ops.overall_curve.fp, [1, 1, 2, 3, 3, 3, 4, 5])
     np.testing.assert_allclose(ops.overall_curve.recall[-1], 1.0)
@@ -103,6 +103,9 @@ def test_hand_made_curves_and_confusion_matrix():
         [1, 2, 0],   # p3 (a) on g3; p5 and p8 on g3, g4
         [0, 1, 0],   # p10 on background (p4 on the crowd region: not counted)
     ])
+    # a score equal to the threshold is kept (mmdet's score >= score_thr): p5 at 0.5625
+    at = evaluate_operating_points(_images(HAND_MADE), CLASSES, score_thr=0.5625, iou_thr=0.5)
+    assert (at.per_class[1].tp, at.confusion_matrix[1, 1]) == (2, 2)
 
 
 def test_out_of_range_settings_and_labels_are_named():
@@ -120,8 +123,10 @@ def test_out_of_range_settings_and_labels_are_named():
 
 # ------------------------------------------------------------ random cases
 def _random_images(seed, num_images=12, num_classes=3, crowd=False):
-    """GT boxes, predictions near them (some of another class, some
-    duplicated) and on background; continuous scores (no ties)."""
+    """GT boxes (the first one twice, slightly moved: a prediction whose
+    best GT is taken can still match the other, COCO's rule, not VOC's),
+    predictions near them (some of another class, some duplicated) and on
+    background; continuous scores (no ties)."""
     rng = np.random.default_rng(seed)
     images = []
     for i in range(num_images):
@@ -129,10 +134,14 @@ def _random_images(seed, num_images=12, num_classes=3, crowd=False):
         xy = rng.uniform(0, 200, (n, 2))
         gt = np.hstack([xy, xy + rng.uniform(10, 60, (n, 2))])
         gt_labels = rng.integers(0, num_classes, n)
+        gt, gt_labels, n = np.vstack([gt, gt[:1] + rng.normal(0, 1.5, 4)]), gt_labels[[*range(n), 0]], n + 1
         near = gt[rng.integers(0, n, 2 * n)] + rng.normal(0, 4, (2 * n, 4))
         xy = rng.uniform(0, 200, (3, 2))
         far = np.hstack([xy, xy + rng.uniform(10, 60, (3, 2))])
         boxes = np.vstack([near, far])
+        # valid boxes (x1 <= x2): COCO ignores a box of negative area (area range)
+        boxes = np.hstack([np.minimum(boxes[:, :2], boxes[:, 2:]),
+                           np.maximum(boxes[:, :2], boxes[:, 2:])])
         labels = rng.integers(0, num_classes, len(boxes))
         k = int(crowd and rng.random() < 0.6)
         crowd_xy = rng.uniform(0, 150, (k, 2))
