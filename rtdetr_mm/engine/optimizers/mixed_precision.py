@@ -52,8 +52,10 @@ class RTDETRv2AmpOptimWrapper(RTDETRv2OptimWrapper):
       :attr:`last_step_overflowed` is True, an info line names the scales,
       and ``last_step_skipped`` stays False.
 
-    The current scale is logged as ``loss_scale`` (message hub
-    ``train/loss_scale``) after each fp16 step. The scaler's state (scale,
+    With ``clip_grad``, an overflowed step logs a ``grad_norm`` of inf/NaN
+    (the norm of the unscaled inf gradients, as mmengine's
+    ``AmpOptimWrapper`` logs it); the logger's window mean shows it for a
+    few iterations. The scaler's state (scale,
     growth tracker, factors) is saved under ``'loss_scaler'`` in
     :meth:`state_dict` (the checkpoint's ``optimizer``) and restored by
     :meth:`load_state_dict` on resume, also before the first forward created
@@ -179,7 +181,6 @@ class RTDETRv2AmpOptimWrapper(RTDETRv2OptimWrapper):
         if self.last_step_overflowed:
             print_log(f'fp16: inf/NaN gradients at loss scale {scale:g}: optimizer step '
                       f'skipped, loss scale lowered to {new_scale:g}', logger='current')
-        self.message_hub.update_scalar('train/loss_scale', new_scale)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
