@@ -26,8 +26,11 @@ What the run shares with ``tools/train.py CONFIG`` and what it does not:
   regex rules matched against rtdetr_mm's name of each transformers parameter,
   so the groups are the same), the config's lr / weight decay / betas /
   gradient clip / warm-up, a constant lr after the warm-up (the configs'
-  schedule); the seed-script knobs the Trainer expresses override these
-  (:data:`KNOBS`). No EMA (the Trainer has none).
+  schedule); with seed-script knobs, those the Trainer expresses override
+  these (:data:`KNOBS`) and the rest of the Trainer is transformers' defaults
+  (:data:`TRAINER_DEFAULTS`), as in the script. No EMA (the Trainer has
+  none). NOTE: the Trainer's warm-up gives step t (0-based) lr x t / W,
+  rtdetr_mm's lr x (t + 1) / W (the official LinearWarmup): one step apart.
 
 Nothing here is imported by ``import rtdetr_mm``: transformers' Trainer needs
 ``accelerate``, the augmentation needs ``albumentations`` (both pinned in
@@ -72,6 +75,13 @@ METRIC_KEYS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75', 'coco/bb
 #: ('args', TrainingArguments field) / ('model', RTDetrV2Config field): set;
 #: ('config', why): CONFIG decides (same data and budget for every arm);
 #: ('inert', why): the script set it without effect; not applied here either.
+#: NOTE: FOCAL_GAMMA / FOCAL_ALPHA act: the script passes them to
+#: ``from_pretrained`` as ``focal_loss_gamma`` / ``focal_loss_alpha``, which
+#: transformers' (5.24) RT-DETR VFL reads (its weight alpha * p^gamma on
+#: negatives). ``eos_coefficient`` only weights its cross-entropy loss, which
+#: RT-DETR does not compute; ``label_smoothing`` and
+#: ``class_loss_coefficient`` are no transformers fields
+#: (tests/test_tools/test_hf_trainer_baseline.py checks all five).
 KNOBS = {
     'LEARNING_RATE': ('args', 'learning_rate'),
     'WEIGHT_DECAY': ('args', 'weight_decay'),
@@ -87,12 +97,17 @@ KNOBS = {
     'GRAD_ACCUM': ('config', 'optim_wrapper.accumulative_counts'),
     'EPOCHS': ('config', 'train_cfg.max_epochs'),
     'IMAGE_SIZE': ('config', 'image_size'),
-    'FOCAL_GAMMA': ('inert', 'focal_loss_gamma'),
-    'FOCAL_ALPHA': ('inert', 'focal_loss_alpha'),
-    'LABEL_SMOOTHING_IN_MODEL': ('inert', 'no transformers field'),
-    'EOS_COEF': ('inert', 'eos_coefficient'),
-    'CLASS_LOSS_COEF': ('inert', 'weight_loss_vfl'),
+    'FOCAL_GAMMA': ('model', 'focal_loss_gamma'),
+    'FOCAL_ALPHA': ('model', 'focal_loss_alpha'),
+    'LABEL_SMOOTHING_IN_MODEL': ('inert', 'label_smoothing (no transformers field)'),
+    'EOS_COEF': ('inert', 'eos_coefficient (read by no RT-DETR loss)'),
+    'CLASS_LOSS_COEF': ('inert', 'class_loss_coefficient (no transformers field; '
+                                 'weight_loss_vfl stays 1.0)'),
 }
+
+#: With --knobs, the Trainer settings none of the knobs covers are
+#: transformers' defaults, as the script's Trainer had them
+TRAINER_DEFAULTS = dict(lr_scheduler_type='linear', max_grad_norm=1.0)
 
 #: PResNet depth -> transformers RTDetrResNetConfig arguments
 #: (as rtdetr_mm.testing.hf_reference.SIZES, whose parity tests prove them)
@@ -161,6 +176,7 @@ class Plan:
     eps: float
     max_grad_norm: float
     warmup_steps: float                    # >= 1 steps, < 1 fraction of max_steps
+    lr_scheduler_type: str                 # TrainingArguments.lr_scheduler_type
     precision: str                         # 'fp32' / 'bf16' / 'fp16'
     seed: int
     param_groups: List[dict]               # rtdetr_mm's regex rules
@@ -348,7 +364,7 @@ def make_plan(cfg: Any, num_train: int, knobs: Optional[Dict[str, Any]] = None,
         max_grad_norm=float(clip.get('max_norm', 0.0)),
         warmup_steps=(float(warmup_ratio) if warmup_ratio is not None
                       else float(warmup.get('warmup_steps', 0))),
-        precision=precision,
+        lr_scheduler_type='constant_with_warmup', precision=precision,
         seed=int(seed if seed is not None else _get(cfg, 'randomness.seed', 0) or 0),
         param_groups=list(_get(cfg, 'optim_wrapper.paramwise_cfg.groups') or []),
         model_kwargs=model_kwargs, backbone_kwargs=backbone_kwargs,
@@ -466,10 +482,19 @@ def _apply_knobs(plan: Plan, knobs: Dict[str, Any], path: str) -> None:
         else:  # inert in the script: transformers' default, as the script got
             plan.settings.append(Setting(target, value, src + ': had no effect in the '
                                          'transformers script; not applied here either'))
-            default = {'focal_loss_gamma': 2.0, 'focal_loss_alpha': 0.75,
-                       'weight_loss_vfl': 1.0}.get(target)
-            if default is not None:
-                plan.model_kwargs[target] = default
+            if name == 'CLASS_LOSS_COEF':
+                plan.model_kwargs['weight_loss_vfl'] = 1.0
+    plan.lr_scheduler_type = TRAINER_DEFAULTS['lr_scheduler_type']
+    plan.max_grad_norm = TRAINER_DEFAULTS['max_grad_norm']
+    for key, value in TRAINER_DEFAULTS.items():
+        plan.settings.append(Setting(f'TrainingArguments.{key}', value,
+                                     "transformers' default (no knob sets it; as the "
+                                     "script's Trainer)"))
+    if 'BACKBONE_LR' in knobs:
+        plan.notes.append(f'{path}: BACKBONE_LR={knobs["BACKBONE_LR"]!r}: the backbone lr is '
+                          "CONFIG's (optim_wrapper.paramwise_cfg.groups lr_mult); pass the "
+                          'config tools/misc/seed_to_config.py writes from this script to '
+                          'carry it over')
     missing = sorted(set(KNOBS) - set(knobs))
     if missing:
         plan.notes.append(f'{path} has no {", ".join(missing)}: CONFIG\'s values are used')
@@ -665,7 +690,7 @@ def evaluate(model, processor, cfg: Any, dataset, plan: Plan, split: str) -> Dic
             outputs, threshold=-1.0, target_sizes=sizes, use_focal_loss=use_focal)
         samples = []
         for info, size, result in zip(infos, sizes, results):
-            keep = result['scores'].argsort(descending=True)[:plan.max_per_img]
+            keep = slice(0, plan.max_per_img)  # top-k over queries x classes: sorted
             samples.append(dict(img_id=info['img_id'], ori_shape=tuple(size),
                                 pred_instances=dict(bboxes=result['boxes'][keep].float().cpu(),
                                                     scores=result['scores'][keep].float().cpu(),
@@ -740,7 +765,7 @@ def run(cfg: Any, work_dir: str, knobs: Optional[Dict[str, Any]] = None,
         gradient_accumulation_steps=plan.grad_accum, learning_rate=plan.lr,
         weight_decay=plan.weight_decay, adam_beta1=plan.betas[0], adam_beta2=plan.betas[1],
         adam_epsilon=plan.eps, max_grad_norm=plan.max_grad_norm,
-        warmup_steps=plan.warmup_steps, lr_scheduler_type='constant_with_warmup',
+        warmup_steps=plan.warmup_steps, lr_scheduler_type=plan.lr_scheduler_type,
         bf16=plan.precision == 'bf16', fp16=plan.precision == 'fp16',
         dataloader_drop_last=plan.drop_last, dataloader_num_workers=plan.num_workers,
         remove_unused_columns=False, save_strategy='no', eval_strategy='no',

@@ -18,15 +18,20 @@ gradient clip and warm-up, and the evaluator (mmdet's CocoMetric on the
 config's test split, as ``tools/test.py``; the mAP curve on the val split).
 
 ``--knobs SCRIPT.py``: the constants of a transformers seed script (read
-without running it, ``rtdetr_mm.converters.seed_script.read_constants``).
-Those the Trainer expresses override the config: LEARNING_RATE,
-WEIGHT_DECAY, WARMUP_RATIO, USE_FP16 / USE_BF16, VAL_BATCH, EVAL_RATE_EPOCHS,
-USE_FOCAL_LOSS, MATCHER_CLASS_COST, MATCHER_BBOX_COST. TRAIN_BATCH,
+without running it, ``rtdetr_mm.converters.seed_script.read_constants``);
+the run is then the script's Trainer on CONFIG's data and budget. The knobs
+the Trainer or transformers' model config express override the config:
+LEARNING_RATE, WEIGHT_DECAY, WARMUP_RATIO, USE_FP16 / USE_BF16, VAL_BATCH,
+EVAL_RATE_EPOCHS, USE_FOCAL_LOSS, FOCAL_GAMMA, FOCAL_ALPHA (these two act in
+transformers' VFL), MATCHER_CLASS_COST, MATCHER_BBOX_COST. TRAIN_BATCH,
 GRAD_ACCUM, EPOCHS and IMAGE_SIZE are the config's (same data and budget as
-the rtdetr_mm runs it is compared with). FOCAL_GAMMA, FOCAL_ALPHA,
-LABEL_SMOOTHING_IN_MODEL, EOS_COEF and CLASS_LOSS_COEF had no effect in the
-script and have none here (transformers' defaults). The log and the result
-file list every value and where it came from.
+the rtdetr_mm runs it is compared with). LABEL_SMOOTHING_IN_MODEL, EOS_COEF
+and CLASS_LOSS_COEF had no effect in the script (transformers reads none of
+them) and have none here. The Trainer settings no knob covers are
+transformers' defaults, as the script's Trainer had them: lr schedule
+'linear' (decay to 0 after the warm-up), max_grad_norm 1.0; without
+--knobs they are the config's (constant lr after the warm-up, its gradient
+clip). The log and the result file list every value and where it came from.
 
 Augmentation (pinned: albumentations 2.0.8, albucore 0.0.24): the training
 augmentation of transformers' object-detection fine-tuning guide,
