@@ -1,5 +1,12 @@
 """Predictions of ``tools/test.py --out results.pkl`` (mmdet's
-``DumpDetResults``) joined with the ground truth of a dataset, by image id."""
+``DumpDetResults``) joined with the ground truth of a dataset, by image id.
+
+NOTE: the file is unpickled as mmdet's ``confusion_matrix.py`` does
+(``mmengine.fileio.load``), without the ``weights_only`` allow-list that
+checkpoints get: mmengine dumps tensors with plain pickle, whose tensor
+rebuild (``torch.storage._load_from_bytes``) unpickles unrestricted anyway.
+Read only results files you wrote.
+"""
 import os.path as osp
 from typing import List
 
