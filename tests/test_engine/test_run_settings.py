@@ -66,6 +66,7 @@ CASES = [
     ('image_size=255', 'image_size=255', '224 or 256'),
     ('param_scheduler.0.warmup_ratio=1.5', 'param_scheduler[0].warmup_ratio=1.5',
      'in (0, 1]'),
+    ('optim_wrapper.allow_cpu_fp16=1', 'optim_wrapper.allow_cpu_fp16=1', 'True or False'),
 ]
 
 

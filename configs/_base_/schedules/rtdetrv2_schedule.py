@@ -6,7 +6,8 @@ optim_wrapper = dict(
     # fp32; mmengine's OptimWrapper, except that a non-finite loss skips
     # backward and step on every rank (the nonfinite hook then stops the run
     # naming the loss terms). USE_BF16 / USE_FP16: type='RTDETRv2AmpOptimWrapper'
-    # with dtype='bfloat16' (CPU or GPU) or dtype='float16' (CUDA, loss scaling).
+    # with dtype='bfloat16' (CPU or GPU) or dtype='float16' (loss scaling; CUDA, or a
+    # CPU with allow_cpu_fp16=True: emulated there, for testing the scaler).
     type='RTDETRv2OptimWrapper',
     # GRAD_ACCUM: optimizer step every N micro-batches (effective batch =
     # train_dataloader.batch_size x N x GPUs); the EMA updates per step.

@@ -147,6 +147,11 @@ RULES: Tuple[Rule, ...] = (
     Rule('optim_wrapper.optimizer.lr', number(0, low_open=True), 'LEARNING_RATE'),
     Rule('optim_wrapper.optimizer.weight_decay', number(0), 'WEIGHT_DECAY'),
     Rule('optim_wrapper.clip_grad.max_norm', number(0, low_open=True)),
+    Rule('optim_wrapper.allow_cpu_fp16', boolean,
+         'fp16 + loss scaling on the CPU: emulated on most CPUs (for testing the scaler); '
+         'bfloat16 is the CPU choice'),
+    Rule('optim_wrapper.init_scale', number(0, low_open=True),
+         'the first fp16 loss scale (GradScaler init_scale)'),
     Rule('param_scheduler[*].warmup_ratio', number(0, 1, low_open=True, optional=True),
          'WARMUP_RATIO: the share of all optimizer steps spent warming up'),
     Rule('param_scheduler[*].warmup_steps', number(1, integer=True, optional=True)),
