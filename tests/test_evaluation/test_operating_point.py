@@ -119,6 +119,13 @@ def test_out_of_range_settings_and_labels_are_named():
     with pytest.raises(OperatingPointError,
                        match=r'image 7: predicted label 2 is not a class index in \[0, 2\)'):
         _evaluate([bad])
+    # a pipeline without LoadAnnotations: no ground truth in the data sample
+    no_gt = _sample(8, preds=[(0, 0.9, [0, 0, 10, 10])], gts=[])
+    del no_gt['gt_instances']
+    with pytest.raises(OperatingPointError,
+                       match=r"image 8: the data sample has no gt_instances.*"
+                             r"dict\(type='LoadAnnotations', with_bbox=True\)"):
+        _evaluate([no_gt])
 
 
 # ------------------------------------------------------------ random cases

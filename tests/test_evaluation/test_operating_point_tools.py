@@ -123,3 +123,20 @@ def test_cli_errors_name_the_input(run, capsys, tmp_path):
     assert f'error: {other} has no predictions for image id 1' in err, err
     assert f'of the test dataset of {run["config"]}' in err, err
     assert not osp.exists(osp.join(str(tmp_path), 'operating_points.csv'))
+    # predictions for an image the dataset lacks (all of its own present)
+    with open(other, 'wb') as f:
+        pickle.dump(results[1:] + [dict(results[0], img_id=1), dict(results[0], img_id=999)], f)
+    assert tool.main([run['config'], '--results', other, '--work-dir', str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f'error: {other} has predictions for 1 image id(s) that the test dataset of ' \
+           f'{run["config"]} lacks (e.g. 999)' in err, err
+    # not tools/test.py --out's file
+    assert tool.main([run['config'], '--results', run['config'],
+                      '--work-dir', str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f'error: {run["config"]}: cannot be read as a pickle' in err, err
+    with open(other, 'wb') as f:
+        pickle.dump({'img_id': 1}, f)
+    assert tool.main([run['config'], '--results', other, '--work-dir', str(tmp_path)]) == 1
+    assert f'error: {other}: not the predictions of tools/test.py --out' in \
+        capsys.readouterr().err
