@@ -116,9 +116,10 @@ def main():
         MODEL_NAME, id2label=id2label, label2id={v: k for k, v in id2label.items()},
         ignore_mismatched_sizes=True,
         # Set as users set them; transformers' RT-DETRv2 loss reads none of
-        # these five names (see the module docstring).
-        use_focal_loss=USE_FOCAL_LOSS, focal_loss_gamma=FOCAL_GAMMA,
-        focal_loss_alpha=FOCAL_ALPHA, label_smoothing=LABEL_SMOOTHING_IN_MODEL,
+        # these five names (see the module docstring): its VFL's alpha / gamma
+        # are focal_loss_alpha / focal_loss_gamma, which the script never sets.
+        use_focal_loss=USE_FOCAL_LOSS, focal_gamma=FOCAL_GAMMA,
+        focal_alpha=FOCAL_ALPHA, label_smoothing=LABEL_SMOOTHING_IN_MODEL,
         eos_coefficient=EOS_COEF, class_loss_coefficient=CLASS_LOSS_COEF,
         matcher_class_cost=MATCHER_CLASS_COST, matcher_bbox_cost=MATCHER_BBOX_COST)
 

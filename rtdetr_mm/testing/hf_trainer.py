@@ -75,12 +75,12 @@ METRIC_KEYS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75', 'coco/bb
 #: ('args', TrainingArguments field) / ('model', RTDetrV2Config field): set;
 #: ('config', why): CONFIG decides (same data and budget for every arm);
 #: ('inert', why): the script set it without effect; not applied here either.
-#: NOTE: FOCAL_GAMMA / FOCAL_ALPHA act: the script passes them to
-#: ``from_pretrained`` as ``focal_loss_gamma`` / ``focal_loss_alpha``, which
-#: transformers' (5.24) RT-DETR VFL reads (its weight alpha * p^gamma on
-#: negatives). ``eos_coefficient`` only weights its cross-entropy loss, which
-#: RT-DETR does not compute; ``label_smoothing`` and
-#: ``class_loss_coefficient`` are no transformers fields
+#: NOTE: FOCAL_GAMMA / FOCAL_ALPHA are inert as the seed script sets them
+#: (``focal_gamma`` / ``focal_alpha``: no transformers fields); transformers'
+#: (5.24) RT-DETR VFL reads ``focal_loss_gamma`` / ``focal_loss_alpha``
+#: instead, which the script never sets. ``eos_coefficient`` only weights its
+#: cross-entropy loss, which RT-DETR does not compute; ``label_smoothing``
+#: and ``class_loss_coefficient`` are no transformers fields
 #: (tests/test_tools/test_hf_trainer_baseline.py checks all five).
 KNOBS = {
     'LEARNING_RATE': ('args', 'learning_rate'),
@@ -97,13 +97,21 @@ KNOBS = {
     'GRAD_ACCUM': ('config', 'optim_wrapper.accumulative_counts'),
     'EPOCHS': ('config', 'train_cfg.max_epochs'),
     'IMAGE_SIZE': ('config', 'image_size'),
-    'FOCAL_GAMMA': ('model', 'focal_loss_gamma'),
-    'FOCAL_ALPHA': ('model', 'focal_loss_alpha'),
+    'FOCAL_GAMMA': ('inert', 'focal_gamma (no transformers field; its VFL reads '
+                             'focal_loss_gamma)'),
+    'FOCAL_ALPHA': ('inert', 'focal_alpha (no transformers field; its VFL reads '
+                             'focal_loss_alpha)'),
     'LABEL_SMOOTHING_IN_MODEL': ('inert', 'label_smoothing (no transformers field)'),
     'EOS_COEF': ('inert', 'eos_coefficient (read by no RT-DETR loss)'),
     'CLASS_LOSS_COEF': ('inert', 'class_loss_coefficient (no transformers field; '
                                  'weight_loss_vfl stays 1.0)'),
 }
+
+#: The transformers fields an inert knob leaves at transformers' default
+#: (what the script's model got), whatever CONFIG sets
+INERT_DEFAULTS = {'CLASS_LOSS_COEF': ('weight_loss_vfl', 1.0),
+                  'FOCAL_GAMMA': ('focal_loss_gamma', 2.0),
+                  'FOCAL_ALPHA': ('focal_loss_alpha', 0.75)}
 
 #: With --knobs, the Trainer settings none of the knobs covers are
 #: transformers' defaults, as the script's Trainer had them
@@ -482,8 +490,9 @@ def _apply_knobs(plan: Plan, knobs: Dict[str, Any], path: str) -> None:
         else:  # inert in the script: transformers' default, as the script got
             plan.settings.append(Setting(target, value, src + ': had no effect in the '
                                          'transformers script; not applied here either'))
-            if name == 'CLASS_LOSS_COEF':
-                plan.model_kwargs['weight_loss_vfl'] = 1.0
+            if name in INERT_DEFAULTS:
+                field, default = INERT_DEFAULTS[name]
+                plan.model_kwargs[field] = default
     plan.lr_scheduler_type = TRAINER_DEFAULTS['lr_scheduler_type']
     plan.max_grad_norm = TRAINER_DEFAULTS['max_grad_norm']
     for key, value in TRAINER_DEFAULTS.items():

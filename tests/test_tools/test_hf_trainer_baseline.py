@@ -116,14 +116,16 @@ def test_budget_input_and_knobs_of_the_run(baseline):
     assert result['images_per_s'] == pytest.approx(2 * BATCH / result['train_time_s'])
     settings = {s['target']: s for s in result['settings'] if s['source'].startswith('knob')}
     assert settings['TrainingArguments.learning_rate']['value'] == pytest.approx(2e-5)
-    assert settings['RTDetrV2Config.focal_loss_alpha']['value'] == 0.25
+    assert 'no effect' in settings['focal_alpha (no transformers field; its VFL reads '
+                                   'focal_loss_alpha)']['source']
     assert settings['RTDetrV2Config.matcher_bbox_cost']['value'] == 4.0
     assert 'CONFIG decides' in settings['train_dataloader.batch_size']['source']
     assert 'no effect' in settings['eos_coefficient (read by no RT-DETR loss)']['source']
     # the saved model carries them (transformers' config.json)
     with open(osp.join(baseline['work_dir'], 'final_hf', 'config.json')) as f:
         hf_cfg = json.load(f)
-    assert (hf_cfg['focal_loss_alpha'], hf_cfg['focal_loss_gamma']) == (0.25, 1.0)
+    # FOCAL_* as the script set them reach no transformers field: its defaults
+    assert (hf_cfg['focal_loss_alpha'], hf_cfg['focal_loss_gamma']) == (0.75, 2.0)
     assert (hf_cfg['matcher_bbox_cost'], hf_cfg['weight_loss_vfl']) == (4.0, 1.0)
     assert (hf_cfg['num_queries'], hf_cfg['decoder_layers'], hf_cfg['d_model']) == (100, 2, 128)
     # EVAL_RATE_EPOCHS 0.5 of a 2-step epoch: a point after step 1, and the
@@ -294,8 +296,9 @@ def test_params_and_parameter_groups_match_rtdetr_mm(setup, baseline):
 
 def test_which_knobs_act_in_transformers():
     """The KNOBS table's claims: transformers' RT-DETRv2 loss reads
-    focal_loss_alpha / focal_loss_gamma (set by the script), and none of
-    eos_coefficient, label_smoothing, class_loss_coefficient."""
+    focal_loss_alpha / focal_loss_gamma, but not the focal_alpha /
+    focal_gamma the seed script sets, nor eos_coefficient, label_smoothing,
+    class_loss_coefficient."""
     from transformers import RTDetrResNetConfig, RTDetrV2Config, RTDetrV2ForObjectDetection
     from rtdetr_mm.testing import hf_trainer
     backbone = RTDetrResNetConfig(**hf_trainer.BACKBONES[18], out_features=['stage2', 'stage3',
@@ -315,14 +318,18 @@ def test_which_knobs_act_in_transformers():
             return model(pixel_values=images, labels=labels).loss_dict['loss_vfl'].item()
 
     base = vfl()
-    for name, knob in hf_trainer.KNOBS.items():
-        kind, target = knob
-        if name in ('FOCAL_GAMMA', 'FOCAL_ALPHA'):
-            assert kind == 'model' and vfl(**{target: 0.1}) != pytest.approx(base), name
-    for field in ('eos_coefficient', 'label_smoothing', 'class_loss_coefficient'):
+    for field in ('focal_loss_alpha', 'focal_loss_gamma'):  # the real fields act
+        assert vfl(**{field: 0.1}) != pytest.approx(base), field
+    for field in ('focal_alpha', 'focal_gamma', 'eos_coefficient', 'label_smoothing',
+                  'class_loss_coefficient'):  # what the script sets does not
         assert vfl(**{field: 1e-5}) == pytest.approx(base, abs=0), field
     inert = {n for n, (kind, _) in hf_trainer.KNOBS.items() if kind == 'inert'}
-    assert inert == {'EOS_COEF', 'LABEL_SMOOTHING_IN_MODEL', 'CLASS_LOSS_COEF'}
+    assert inert == {'EOS_COEF', 'LABEL_SMOOTHING_IN_MODEL', 'CLASS_LOSS_COEF', 'FOCAL_GAMMA',
+                     'FOCAL_ALPHA'}
+    # the reference script sets exactly those names
+    with open(osp.join(ROOT, 'configs/rtdetrv2_finetune/reference_seed_script.py')) as f:
+        script = f.read()
+    assert 'focal_gamma=FOCAL_GAMMA' in script and 'focal_alpha=FOCAL_ALPHA' in script
 
 
 def test_missing_extras_exit_1_with_how_to_install(setup, monkeypatch, capsys):
