@@ -11,6 +11,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..datasets import DatasetPipelineError, DatasetValidationError, ImageLoadError
+from ..evaluation import OperatingPointError
 from ..models.detectors.checkpoint_fit import CheckpointMismatchError
 from .checkpoint_safety import CorruptCheckpointError, UnsafeCheckpointError
 from .dist import setup_cpu_distributed
@@ -25,7 +26,7 @@ from .runner.work_dir_lock import WorkDirLockedError
 USER_ERRORS = (RunSettingsError, DatasetValidationError, DatasetPipelineError, ImageLoadError,
                CheckpointMismatchError, IsADirectoryError, UnsafeCheckpointError,
                CorruptCheckpointError, NonFiniteLossError, WorkDirLockedError,
-               LatestCheckpointError, CheckpointSaveError)
+               LatestCheckpointError, CheckpointSaveError, OperatingPointError)
 
 
 def load_config(config: str, launcher: str, cfg_options: Optional[dict],

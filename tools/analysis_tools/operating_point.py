@@ -31,8 +31,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import rtdetr_mm  # noqa: F401,E402
 from rtdetr_mm.engine.cli import build_runner, exit_status, load_config  # noqa: E402
-from rtdetr_mm.evaluation import (OperatingPointError, evaluate_operating_points,  # noqa: E402
-                                  format_table, write_report)
+from rtdetr_mm.evaluation import (evaluate_operating_points, format_table,  # noqa: E402
+                                  write_report)
 from rtdetr_mm.evaluation.metrics.operating_point_metric import check_thresholds  # noqa: E402
 from rtdetr_mm.evaluation.results_file import read_results  # noqa: E402
 from rtdetr_mm.models.detectors.checkpoint_fit import require_exact_fit  # noqa: E402
@@ -89,12 +89,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv=None) -> int:
     """0, or 1 after an error in the user's input (printed as ``error: ...``)."""
     args = parse_args(argv)
-    try:
-        return exit_status(lambda: run(args))
-    except OperatingPointError as err:
-        # NOTE: rtdetr_mm.engine.cli.USER_ERRORS does not list this error yet
-        print(f'error: {err}', file=sys.stderr)
-        return 1
+    return exit_status(lambda: run(args))
 
 
 if __name__ == '__main__':

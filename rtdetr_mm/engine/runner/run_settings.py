@@ -160,6 +160,12 @@ RULES: Tuple[Rule, ...] = (
     Rule('train_cfg.val_interval', number(0, low_open=True),
          'EVAL_RATE_EPOCHS: epochs between validations (0.5 = twice per epoch)'),
     Rule('train_cfg.val_begin', number(0, integer=True)),
+    # ------------------------------------------------------------ evaluators
+    Rule('val_evaluator[*].score_thr', number(0, 1, optional=True),
+         'OperatingPointMetric: the score threshold of the reported operating point'),
+    Rule('val_evaluator[*].iou_thr', number(0, 1, low_open=True, optional=True)),
+    Rule('test_evaluator[*].score_thr', number(0, 1, optional=True)),
+    Rule('test_evaluator[*].iou_thr', number(0, 1, low_open=True, optional=True)),
     # ---------------------------------------------------------------- hooks
     Rule('default_hooks.ema.momentum', number(0, 1, low_open=True, high_open=True),
          'the EMA keeps (1 - momentum) of itself per step; official 1e-4'),
