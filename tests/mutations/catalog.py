@@ -27,6 +27,13 @@ RUN_SETTINGS_TESTS = 'tests/test_engine/test_run_settings.py'
 CHECK_DATASET_TESTS = 'tests/test_tools/test_check_dataset.py'
 WORK_DIR_TESTS = 'tests/test_engine/test_work_dir.py'
 FIT_TESTS = 'tests/test_engine/test_checkpoint_fit.py'
+SEED = 'rtdetr_mm/converters/seed_script.py'
+SEED_TESTS = 'tests/test_tools/test_seed_to_config.py'
+AMP = 'rtdetr_mm/engine/optimizers/mixed_precision.py'
+FP16_TESTS = 'tests/test_engine/test_optimizers/test_fp16_cpu.py'
+HF_BASELINE_TESTS = 'tests/test_tools/test_hf_trainer_baseline.py'
+OP = 'rtdetr_mm/evaluation/functional/operating_point.py'
+OP_TESTS = 'tests/test_evaluation/test_operating_point.py'
 
 MUTATIONS = [
     # ------------------------------------------------------------ loss knobs
@@ -327,6 +334,56 @@ MUTATIONS = [
              [('rtdetr_mm/engine/runner/rtdetrv2_runner.py', '            os.remove(tmp_path)\n',
                '')],
              [f'{WORK_DIR_TESTS}::test_failed_save_names_path_and_free_space']),
+    # ------------------------------------------- seed script, fp16 (issue 11)
+    Mutation('seed-eos-warning-silent', 'seed_to_config warns that EOS_COEF 1e-5 collapses training',
+             [(SEED, 'and 0 <= value < 0.1:', 'and 0 <= value < 1e-9:')],
+             [f'{SEED_TESTS}::test_eos_coef_warning_and_reference_script_dry_run']),
+    Mutation('seed-run-settings-unchecked',
+             'seed_to_config refuses values outside the run-settings table',
+             [(SEED, '        for problem in problems:', '        for problem in problems[:0]:')],
+             [f'{SEED_TESTS}::test_refused_values_write_nothing']),
+    Mutation('seed-bbox-cost-wrong-index', 'MATCHER_BBOX_COST sets the L1 cost',
+             [(SEED, "_cost(1, 'the L1", "_cost(2, 'the L1")],
+             [f'{SEED_TESTS}::test_constants_at_the_top']),
+    Mutation('fp16-step-ignores-overflow', 'an inf/NaN gradient skips the step and lowers the scale',
+             [(AMP, 'self.loss_scaler.step(self.optimizer, **kwargs)', 'self.optimizer.step(**kwargs)')],
+             [f'{FP16_TESTS}::test_nonfinite_gradient_skips_the_step_and_backs_off_the_scale']),
+    Mutation('fp16-scaler-state-not-resumed', 'a resumed fp16 run continues the saved loss scale',
+             [(AMP, 'self.loss_scaler.load_state_dict(self._pending_scaler_state)', 'pass')],
+             [f'{FP16_TESTS}::test_scaler_state_is_saved_and_resumed_bit_exact']),
+    Mutation('cpu-fp16-without-opt-in', 'fp16 on a CPU needs optim_wrapper.allow_cpu_fp16=True',
+             [(AMP, "if device_type == 'cuda' or (device_type == 'cpu' and self.allow_cpu_fp16):",
+               "if device_type in ('cuda', 'cpu'):")],
+             [f'{FP16_TESTS}::test_fp16_on_cpu_without_the_opt_in_is_refused_naming_the_key']),
+    Mutation('hf-baseline-boxes-xy-swapped',
+             "the Trainer baseline's detections reach CocoMetric as xyxy, x first",
+             [('rtdetr_mm/testing/hf_trainer.py',
+               "pred_instances=dict(bboxes=result['boxes'][keep].float().cpu(),",
+               "pred_instances=dict(bboxes=result['boxes'][keep][:, [1, 0, 3, 2]].float().cpu(),")],
+             [f'{HF_BASELINE_TESTS}::test_evaluation_equals_cocoeval_on_partial_ground_truth']),
+    Mutation('hf-baseline-decay-mult-ignored',
+             "the Trainer baseline's AdamW groups follow the config's decay_mult",
+             [('rtdetr_mm/testing/hf_trainer.py',
+               "weight_decay=plan.weight_decay * g.get('decay_mult', 1.0)) for _, g in rules]",
+               "weight_decay=plan.weight_decay) for _, g in rules]")],
+             [f'{HF_BASELINE_TESTS}::test_params_and_parameter_groups_match_rtdetr_mm']),
+    # ------------------------------------------- operating points (issue 14)
+    Mutation('op-crowd-predictions-count-as-fp',
+             'a prediction on a crowd region is neither TP nor FP (COCO)',
+             [(OP, '            elif covers_crowd[k]:\n                outcome[det] = IGNORED',
+               '            elif False:\n                outcome[det] = IGNORED')],
+             [f'{OP_TESTS}::test_hand_made_counts_through_the_metric']),
+    Mutation('op-voc-matching-rule',
+             "a prediction whose best GT is taken still matches another free GT (COCO's rule)",
+             [(OP, 'candidates = np.where(free, ious[k], -1.0)',
+               'candidates = np.where(free[int(np.argmax(ious[k]))], ious[k], -1.0) '
+               'if len(gts) else ious[k]')],
+             [f'{OP_TESTS}::test_counts_match_pycocotools']),
+    Mutation('op-tied-scores-split',
+             'predictions with equal scores enter the curve together (best threshold)',
+             [(OP, 'last_of_tie = np.r_[scores[1:] != scores[:-1], True]',
+               'last_of_tie = np.ones(len(scores), bool)')],
+             [f'{OP_TESTS}::test_hand_made_counts_through_the_metric']),
     # ------------------------------------------------------ test hygiene
     Mutation('converter-imports-installed-package',
              'every tool runs the checkout it lives in (issue 9 hole 5)',
