@@ -25,6 +25,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import rtdetr_mm  # noqa: F401,E402
 from rtdetr_mm.engine.cli import (build_runner, exit_status, load_config,  # noqa: E402
                                   parse_common_args)
+from rtdetr_mm.engine.runner.work_dir_lock import WorkDirLock  # noqa: E402
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 import torch  # noqa: E402
@@ -85,13 +86,20 @@ def build_cfg(args) -> Config:
     return cfg
 
 
+def train(cfg: Config) -> None:
+    """Refuse a work dir another training holds before anything is built
+    (the runner's ``train`` then takes the lock atomically), build, train."""
+    WorkDirLock(cfg.work_dir).refuse_if_held()
+    build_runner(cfg).train()
+
+
 def main(argv=None) -> int:
     """Train; 0 when done, 1 after an error in the user's input (printed)."""
     args = parse_args(argv)
     # fewer repeated torch.compile recompilations
     setup_cache_size_limit_of_dynamo()
     cfg = build_cfg(args)
-    return exit_status(lambda: build_runner(cfg).train())
+    return exit_status(lambda: train(cfg))
 
 
 if __name__ == '__main__':

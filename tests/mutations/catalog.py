@@ -304,6 +304,10 @@ MUTATIONS = [
              [('rtdetr_mm/engine/hooks/checkpoint_hook.py',
                '        metrics = self._without_missing_scores(runner, metrics)\n', '')],
              ['tests/test_engine/test_hooks/test_checkpoint_no_metric.py']),
+    Mutation('train-py-builds-in-a-held-work-dir',
+             'tools/train.py refuses a held work dir before it builds anything',
+             [('tools/train.py', '    WorkDirLock(cfg.work_dir).refuse_if_held()\n', '')],
+             [f'{WORK_DIR_TESTS}::test_second_training_in_a_work_dir_is_refused']),
     # ------------------------------------------------ checkpoint fit (issue 12)
     Mutation('checkpoint-fit-unchecked',
              'a checkpoint of another architecture is refused wherever it is loaded',

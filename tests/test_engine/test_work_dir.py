@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+import mmdet
 import pytest
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
@@ -164,9 +165,11 @@ def test_lock_of_another_host_is_refused(config, train, tmp_path, capsys):
 def test_second_training_in_a_work_dir_is_refused(config, tmp_path):
     """Two ``tools/train.py`` processes on one work dir: the first holds
     the lock (``WaitForFileHook`` keeps it before its first epoch); the
-    second (``max_epochs=5``) exits 1 within seconds naming the first's pid;
-    then the first finishes with its own checkpoint, pointer and config
-    dump (``max_epochs=1``)."""
+    second (``max_epochs=5``) exits 1 within seconds naming the first's pid,
+    before it builds anything; mmdet's own ``tools/train.py`` (``max_epochs=7``)
+    is refused by the runner's ``train`` and writes its config dump to its
+    own log dir; then the first finishes with its own checkpoint, pointer
+    and config dump (``max_epochs=1``)."""
     work, release = str(tmp_path / 'work'), str(tmp_path / 'release')
     env = checkout_env(extra_paths=[osp.dirname(osp.abspath(__file__))])
     first = popen_python(['tools/train.py', config, '--work-dir', work],
@@ -191,7 +194,17 @@ def test_second_training_in_a_work_dir_is_refused(config, tmp_path):
                 f'{socket.gethostname()}, started ') in second.stderr
         assert f'lock file {lock}. Wait for that run to finish' in second.stderr
         assert 'Traceback' not in second.stderr
-        assert took < 100, took  # startup only (the first is held until released)
+        assert took < 60, took  # imports only (the first is held until released)
+        assert glob.glob(osp.join(work, '*', 'cfg.py')) == []  # nothing was built
+
+        # mmdet's own script builds our runner from the registry: refused in train()
+        mmdet_train = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
+        third = subprocess.run(
+            [sys.executable, mmdet_train, config, '--work-dir', work,
+             '--cfg-options', 'train_cfg.max_epochs=7'],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert third.returncode != 0
+        assert f'{work} is in use by another training: pid {first.pid}' in third.stderr
         assert first.poll() is None  # still running, untouched
 
         open(release, 'w').close()
@@ -208,7 +221,7 @@ def test_second_training_in_a_work_dir_is_refused(config, tmp_path):
     with open(osp.join(work, 'cfg.py')) as f:
         assert 'max_epochs=1' in f.read()
     dumps = glob.glob(osp.join(work, '*', 'cfg.py'))
-    assert len(dumps) == 1 and 'max_epochs=5' in open(dumps[0]).read()
+    assert len(dumps) == 1 and 'max_epochs=7' in open(dumps[0]).read()
     assert not osp.exists(lock)
 
 

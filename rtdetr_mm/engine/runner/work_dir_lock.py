@@ -146,6 +146,15 @@ class WorkDirLock:
             return None
         return holder
 
+    def refuse_if_held(self) -> None:
+        """Raise :class:`WorkDirLockedError` when another training that may
+        still run holds the lock. A read-only check for a command line to
+        stop before it builds anything; :meth:`acquire` (in the runner's
+        ``train``) remains the atomic one."""
+        holder = self.live_holder()
+        if holder is not None:
+            self._refuse(holder)
+
     # -- taking and giving back ----------------------------------------------
     def acquire(self) -> Optional[dict]:
         """Take the lock, atomically (``O_CREAT | O_EXCL``).
