@@ -9,7 +9,15 @@ The exported graph::
       -> pixel normalisation of the config's data_preprocessor (folded in)
       -> backbone -> hybrid encoder (RepVGG and BN fused) -> RTDETRv2Head decoder
       -> sigmoid, top-K over (query, class) pairs   (RTDETRv2Head.predict)
+      [-> test_cfg.score_thr, test_cfg.nms: ONNX NonMaxSuppression]  (when set)
     labels (B, K) int64, boxes (B, K, 4) float32 xyxy pixels, scores (B, K)
+    [num_dets (B,) int64]                                            (when set)
+
+With the model's ``test_cfg.score_thr`` or ``test_cfg.nms`` set (the same
+keys and code as ``RTDETRv2Head.predict``: ``models/layers/postprocess.py``),
+the shapes stay fixed: row ``b`` holds its ``num_dets[b]`` kept detections
+first, by score, then padding (label -1, box 0, score 0). Without them the
+graph and its three outputs are exactly as before.
 
 Boxes are in pixels of ``orig_target_sizes`` when that input is present (the
 official deploy model's convention: the image was resized to H x W without
@@ -40,7 +48,8 @@ from scipy.optimize import linear_sum_assignment
 
 from rtdetr_mm.datasets.walk import first_resize_scale, leaf_datasets
 from rtdetr_mm.models.detectors.checkpoint_fit import require_exact_fit
-from rtdetr_mm.models.layers.postprocess import topk_detections
+from rtdetr_mm.models.layers.postprocess import (duplicate_control, keep_mask, pad_kept,
+                                                 topk_detections)
 from rtdetr_mm.models.layers.reparameterize import reparameterized_copy
 from rtdetr_mm.engine.runner.image_size import check_image_size, resolved_copy
 
@@ -49,6 +58,8 @@ SUPPORTED_OPSETS = (16, 17, 18)
 SAMPLING_METHODS = {'grid_sample': 'default', 'discrete': 'discrete'}
 INPUT_NAMES = ('images', 'orig_target_sizes')
 OUTPUT_NAMES = ('labels', 'boxes', 'scores')
+#: with ``test_cfg.score_thr`` / ``test_cfg.nms``: the kept count per image
+FILTERED_OUTPUT_NAMES = OUTPUT_NAMES + ('num_dets', )
 
 
 class RTDETRv2ONNXWrapper(nn.Module):
@@ -63,7 +74,8 @@ class RTDETRv2ONNXWrapper(nn.Module):
     Args:
         detector (nn.Module): An ``RTDETRv2`` detector in eval mode (fused or
             not); its ``data_preprocessor``, ``bbox_head.num_classes`` and
-            ``bbox_head.test_cfg.max_per_img`` are read.
+            ``bbox_head.test_cfg`` (``max_per_img``, ``score_thr``, ``nms``)
+            are read.
         input_size (tuple[int, int]): (H, W) of the network input; boxes are
             in its pixels when ``orig_target_sizes`` is not given.
     """
@@ -75,6 +87,7 @@ class RTDETRv2ONNXWrapper(nn.Module):
         head = detector.bbox_head
         self.num_classes = int(head.num_classes)
         self.max_per_img = head.max_per_img
+        self.score_thr, self.nms_cfg = duplicate_control(head.test_cfg)
         preprocessor = detector.data_preprocessor
         # Model channel order = loading order (BGR) unless the preprocessor
         # converts it; the ONNX input is always RGB.
@@ -92,9 +105,19 @@ class RTDETRv2ONNXWrapper(nn.Module):
         self.register_buffer('pixel_scale', scale, persistent=False)
         self.register_buffer('pixel_offset', offset, persistent=False)
 
+    @property
+    def filters(self) -> bool:
+        """Whether ``score_thr`` or ``nms`` is on (then a 4th output,
+        ``num_dets``)."""
+        return self.score_thr is not None or self.nms_cfg is not None
+
+    @property
+    def output_names(self) -> Tuple[str, ...]:
+        return FILTERED_OUTPUT_NAMES if self.filters else OUTPUT_NAMES
+
     def forward(self, images: torch.Tensor,
                 orig_target_sizes: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> Tuple[torch.Tensor, ...]:
         """
         Args:
             images (Tensor): (B, 3, H, W) float RGB in [0, 1], already resized
@@ -105,7 +128,9 @@ class RTDETRv2ONNXWrapper(nn.Module):
         Returns:
             tuple[Tensor, Tensor, Tensor]: ``labels`` (B, K) int64, ``boxes``
             (B, K, 4) xyxy pixels of ``orig_target_sizes`` (else of the
-            input), ``scores`` (B, K) in [0, 1], sorted by score.
+            input), ``scores`` (B, K) in [0, 1], sorted by score; with
+            :attr:`filters`, also ``num_dets`` (B,) int64, the rows padded
+            after it (see :func:`pad_kept`).
         """
         x = images
         if self.rgb_to_model_order:
@@ -119,8 +144,13 @@ class RTDETRv2ONNXWrapper(nn.Module):
             sizes_wh = images.new_tensor([[w, h]])
         else:
             sizes_wh = orig_target_sizes
-        return topk_detections(outs.cls_scores[-1], outs.bbox_preds[-1], sizes_wh,
-                               self.num_classes, self.max_per_img)
+        labels, boxes, scores = topk_detections(outs.cls_scores[-1], outs.bbox_preds[-1],
+                                                sizes_wh, self.num_classes,
+                                                self.max_per_img)
+        if not self.filters:
+            return labels, boxes, scores
+        keep = keep_mask(labels, boxes, scores, self.score_thr, self.nms_cfg)
+        return pad_kept(labels, boxes, scores, keep)
 
 
 def sampling_cfg_options(sampling: str) -> Dict[str, str]:
@@ -138,7 +168,7 @@ def sampling_cfg_options(sampling: str) -> Dict[str, str]:
 
 
 def build_detector(config: str, checkpoint: Optional[str], sampling: str = 'grid_sample',
-                   device: str = 'cpu') -> nn.Module:
+                   device: str = 'cpu', cfg_options: Optional[dict] = None) -> nn.Module:
     """Build an RT-DETRv2 detector from a config and load a checkpoint.
 
     Goes through ``mmdet.apis.init_detector``, whose mmengine loader reads
@@ -154,12 +184,15 @@ def build_detector(config: str, checkpoint: Optional[str], sampling: str = 'grid
         sampling (str): ``'grid_sample'`` or ``'discrete'`` (overrides
             ``model.bbox_head.cross_attn_method``).
         device (str): Device to build on.
+        cfg_options (dict, optional): More config keys to override (as
+            ``--cfg-options``), e.g. ``model.test_cfg.score_thr``.
 
     Returns:
         nn.Module: The detector in eval mode, not fused.
 
     Raises:
         CheckpointMismatchError: the checkpoint does not fit the config.
+        DuplicateControlError: ``model.test_cfg.score_thr`` / ``nms`` invalid.
         IsADirectoryError: ``checkpoint`` is a directory.
         TypeError: the config's model is not an RT-DETRv2.
     """
@@ -168,7 +201,10 @@ def build_detector(config: str, checkpoint: Optional[str], sampling: str = 'grid
     from mmengine.config import Config
     cfg = Config.fromfile(config)
     cfg.merge_from_dict(sampling_cfg_options(sampling))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
     require_exact_fit(cfg.model)
+    duplicate_control(cfg.model.get('test_cfg'), key=f'{config}: model.test_cfg')
     model = init_detector(cfg, checkpoint, device=device)
     if not hasattr(model, 'bbox_head') or not hasattr(model.bbox_head, 'decoder'):
         raise TypeError(f'{config}: model.type must be RTDETRv2 (got '
@@ -258,13 +294,14 @@ def export_onnx(detector: nn.Module, out_file: str, input_size: Tuple[int, int],
     images, sizes = example_inputs(batch, input_size)
     args = (images, sizes) if with_orig_target_sizes else (images, )
     input_names = list(INPUT_NAMES[:len(args)])
+    output_names = list(wrapper.output_names)
     dynamic_axes = None
     if dynamic_batch:
-        dynamic_axes = {name: {0: 'N'} for name in input_names + list(OUTPUT_NAMES)}
+        dynamic_axes = {name: {0: 'N'} for name in input_names + output_names}
     with torch.no_grad():
         wrapper(*args)  # fills the anchor / position-embedding caches
         torch.onnx.export(wrapper, args, out_file, dynamo=False, opset_version=opset,
-                          input_names=input_names, output_names=list(OUTPUT_NAMES),
+                          input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, do_constant_folding=True)
     _finalise(out_file)
     return out_file
@@ -290,7 +327,8 @@ def run_onnxruntime(onnx_file: str, images: torch.Tensor,
 
     Returns:
         dict[str, np.ndarray]: ``labels`` (B, K), ``boxes`` (B, K, 4) xyxy
-        pixels, ``scores`` (B, K).
+        pixels, ``scores`` (B, K) (and ``num_dets`` (B,) when the graph has
+        that output).
     """
     import onnxruntime as ort
     options = ort.SessionOptions()
@@ -302,8 +340,8 @@ def run_onnxruntime(onnx_file: str, images: torch.Tensor,
         if orig_target_sizes is None:
             raise ValueError(f'{onnx_file} has an orig_target_sizes input: pass (B, 2) (w, h)')
         feeds['orig_target_sizes'] = orig_target_sizes.numpy().astype(np.int64)
-    outputs = session.run(list(OUTPUT_NAMES), feeds)
-    return dict(zip(OUTPUT_NAMES, outputs))
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
 
 
 @torch.no_grad()
@@ -312,8 +350,8 @@ def run_pytorch(detector: nn.Module, input_size: Tuple[int, int], images: torch.
     """The same end-to-end computation in PyTorch (same keys and shapes as
     :func:`run_onnxruntime`)."""
     wrapper = RTDETRv2ONNXWrapper(detector, input_size).eval()
-    labels, boxes, scores = wrapper(images, orig_target_sizes)
-    return dict(labels=labels.numpy(), boxes=boxes.numpy(), scores=scores.numpy())
+    outputs = wrapper(images, orig_target_sizes)
+    return {name: out.numpy() for name, out in zip(wrapper.output_names, outputs)}
 
 
 def compare_detections(ours: Dict[str, np.ndarray], ref: Dict[str, np.ndarray],
@@ -327,9 +365,14 @@ def compare_detections(ours: Dict[str, np.ndarray], ref: Dict[str, np.ndarray],
     are left out because float noise may move them in or out of the top-K,
     and ties in score may come in any order.
 
+    With ``num_dets`` (score threshold / NMS in the graph), only the first
+    ``num_dets`` detections of each row are compared and the cut-off is
+    their lowest score; an image with none on one side and some on the
+    other is a count mismatch.
+
     Args:
         ours, ref (dict[str, np.ndarray]): ``labels`` (B, K), ``boxes``
-            (B, K, 4), ``scores`` (B, K).
+            (B, K, 4), ``scores`` (B, K), optional ``num_dets`` (B,).
         margin (float): Score band above the cut-off that is not compared.
 
     Returns:
@@ -341,10 +384,14 @@ def compare_detections(ours: Dict[str, np.ndarray], ref: Dict[str, np.ndarray],
     result = dict(max_score_diff=0.0, max_box_diff=0.0, matched=0, count_mismatches=0)
     for img in range(ref['scores'].shape[0]):
         s_a, s_b = ours['scores'][img], ref['scores'][img]
-        cut = max(float(s_a.min()), float(s_b.min())) + margin
-        for label in np.union1d(ours['labels'][img], ref['labels'][img]):
-            a = (ours['labels'][img] == label) & (s_a > cut)
-            b = (ref['labels'][img] == label) & (s_b > cut)
+        n_a, n_b = _num_dets(ours, img), _num_dets(ref, img)
+        if not n_a or not n_b:
+            result['count_mismatches'] += int(n_a != n_b)
+            continue
+        cut = max(float(s_a[:n_a].min()), float(s_b[:n_b].min())) + margin
+        for label in np.union1d(ours['labels'][img][:n_a], ref['labels'][img][:n_b]):
+            a = (ours['labels'][img] == label) & (s_a > cut) & (np.arange(len(s_a)) < n_a)
+            b = (ref['labels'][img] == label) & (s_b > cut) & (np.arange(len(s_b)) < n_b)
             if a.sum() != b.sum():
                 result['count_mismatches'] += 1
                 continue
@@ -362,6 +409,13 @@ def compare_detections(ours: Dict[str, np.ndarray], ref: Dict[str, np.ndarray],
     if result['count_mismatches']:
         result['max_score_diff'] = result['max_box_diff'] = float('inf')
     return result
+
+
+def _num_dets(detections: Dict[str, np.ndarray], img: int) -> int:
+    """Valid detections of image ``img``: ``num_dets[img]``, else all K."""
+    if 'num_dets' in detections:
+        return int(detections['num_dets'][img])
+    return int(detections['scores'].shape[1])
 
 
 def verify_onnx(onnx_file: str, reference: nn.Module, input_size: Tuple[int, int],

@@ -4,6 +4,7 @@
         [--opset {16,17,18}] [--image-size H W] [--sampling {grid_sample,discrete}]
         [--batch N] [--dynamic-batch] [--no-orig-target-sizes] [--no-check]
         [--score-tol S] [--box-tol PX]
+        [--score-thr T] [--nms-iou IOU] [--nms-class-agnostic]
 
 The file has the official deploy model's interface:
 
@@ -16,6 +17,14 @@ The file has the official deploy model's interface:
     outputs  labels (N, K) int64, boxes (N, K, 4) float32 xyxy pixels of
              orig_target_sizes (else of H x W), scores (N, K) float32;
              K = test_cfg.max_per_img, sorted by score, no threshold applied.
+
+With the config's model.test_cfg.score_thr / model.test_cfg.nms (the keys
+tools/test.py applies; or --score-thr, --nms-iou, --nms-class-agnostic,
+which override them), the graph applies them after the top-K (ONNX
+NonMaxSuppression) and the shapes stay fixed: a 4th output
+
+             num_dets (N,) int64: row b holds num_dets[b] kept detections,
+             by score, then padding (label -1, box 0, score 0).
 
 RepVGG branches are merged and every BN folded into its conv
 (``fuse_for_deploy``, the copy the detector's own inference runs) before
@@ -47,6 +56,7 @@ from rtdetr_mm.deployment.onnx_export import (DEFAULT_OPSET, SAMPLING_METHODS,  
                                               fuse_for_deploy, verify_onnx)
 from rtdetr_mm.engine.runner.image_size import check_image_size  # noqa: E402
 from rtdetr_mm.models.detectors.checkpoint_fit import CheckpointMismatchError  # noqa: E402
+from rtdetr_mm.models.layers.postprocess import DuplicateControlError  # noqa: E402
 
 # Default tolerances of the check (score, box px) per sampling method: the
 # exported graph computes the same function, so only float noise differs;
@@ -83,7 +93,31 @@ def parse_args(argv=None):
                         'difference (default 5e-4; 5e-3 with --sampling discrete)')
     parser.add_argument('--box-tol', type=float, help='largest allowed box difference '
                         'in pixels (default 0.05; 2.0 with --sampling discrete)')
+    parser.add_argument('--score-thr', type=float, metavar='T',
+                        help='keep detections scoring above T in the graph '
+                        '(model.test_cfg.score_thr; default: the config\'s, none)')
+    parser.add_argument('--nms-iou', type=float, metavar='IOU',
+                        help='NMS after the top-K in the graph, removing a box that '
+                        'overlaps a higher-scoring one of its class by IoU > IOU '
+                        '(model.test_cfg.nms; default: the config\'s, none)')
+    parser.add_argument('--nms-class-agnostic', action='store_true',
+                        help='NMS across classes (model.test_cfg.nms.class_agnostic)')
     return parser.parse_args(argv)
+
+
+def duplicate_cfg_options(args) -> dict:
+    """``cfg_options`` for the --score-thr / --nms-iou / --nms-class-agnostic
+    flags given (checked with the config by ``build_detector``)."""
+    options = {}
+    if args.score_thr is not None:
+        options['model.test_cfg.score_thr'] = args.score_thr
+    if args.nms_iou is not None:
+        options['model.test_cfg.nms'] = dict(type='nms', iou_threshold=args.nms_iou,
+                                             class_agnostic=args.nms_class_agnostic)
+    elif args.nms_class_agnostic:  # the config's NMS, across classes (or an
+        # error naming model.test_cfg.nms.iou_threshold when it has none)
+        options['model.test_cfg.nms.class_agnostic'] = True
+    return options
 
 
 def main(argv=None) -> int:
@@ -92,8 +126,9 @@ def main(argv=None) -> int:
                   if args.image_size else config_input_size(args.config))
     out = args.out or osp.splitext(osp.normpath(args.checkpoint))[0] + f'_{args.sampling}.onnx'
     try:
-        model = build_detector(args.config, args.checkpoint, args.sampling)
-    except (CheckpointMismatchError, IsADirectoryError) as err:
+        model = build_detector(args.config, args.checkpoint, args.sampling,
+                               cfg_options=duplicate_cfg_options(args))
+    except (CheckpointMismatchError, IsADirectoryError, DuplicateControlError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     if osp.dirname(out):
@@ -104,7 +139,8 @@ def main(argv=None) -> int:
                 with_orig_target_sizes=not args.no_orig_target_sizes)
     print(f'exported {out} (opset {args.opset}, {args.sampling} sampling, input '
           f'{input_size[0]}x{input_size[1]}, batch '
-          f'{"dynamic" if args.dynamic_batch else args.batch}, RepVGG and BN fused)')
+          f'{"dynamic" if args.dynamic_batch else args.batch}, RepVGG and BN fused, '
+          f'{_filters_text(model.bbox_head.test_cfg)})')
     if args.no_check:
         return 0
 
@@ -113,10 +149,14 @@ def main(argv=None) -> int:
     box_tol = args.box_tol if args.box_tol is not None else box_tol
     # A dynamic file is also checked at another batch size than the traced one.
     batches = [args.batch, args.batch + 1] if args.dynamic_batch else [args.batch]
+    test_cfg = model.bbox_head.test_cfg
+    filters = test_cfg.get('score_thr') is not None or test_cfg.get('nms') is not None
     failed = False
     for batch in batches:
         diffs = verify_onnx(out, model, input_size, batch=batch)
-        ok = (diffs['matched'] > 0 and diffs['max_score_diff'] <= score_tol
+        # with a score threshold the check images (random shapes) may keep
+        # nothing: then only the counts (0 on both sides) are compared
+        ok = ((diffs['matched'] > 0 or filters) and diffs['max_score_diff'] <= score_tol
               and diffs['max_box_diff'] <= box_tol)
         failed |= not ok
         print(f'onnxruntime vs PyTorch (unfused), batch {batch}: '
@@ -125,6 +165,21 @@ def main(argv=None) -> int:
               f'{diffs["matched"]} detections matched, '
               f'{diffs["count_mismatches"]} count mismatches: {"OK" if ok else "FAILED"}')
     return 1 if failed else 0
+
+
+def _filters_text(test_cfg: dict) -> str:
+    """'score_thr 0.3, class-aware NMS at IoU 0.7' or 'no score threshold, no NMS'."""
+    score_thr, nms = test_cfg.get('score_thr'), test_cfg.get('nms')
+    parts = ['no score threshold' if score_thr is None else f'score_thr {score_thr:g}']
+    if nms is None:
+        parts.append('no NMS')
+    else:
+        kind = 'class-agnostic' if nms.get('class_agnostic', False) else 'class-aware'
+        parts.append(f'{kind} NMS at IoU {nms["iou_threshold"]:g}; outputs padded, '
+                     'num_dets per image')
+    if nms is None and score_thr is not None:
+        parts[-1] += '; outputs padded, num_dets per image'
+    return ', '.join(parts)
 
 
 if __name__ == '__main__':

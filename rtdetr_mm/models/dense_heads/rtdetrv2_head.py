@@ -20,7 +20,7 @@ from ..layers.anchors import generate_anchors
 from ..layers.conv_norm import ConvNormLayer
 from ..layers.denoising import (DN_CFG_DEFAULTS, DenoisingMeta, build_denoising_queries,
                                 resolve_dn_cfg)
-from ..layers.postprocess import topk_detections
+from ..layers.postprocess import duplicate_control, keep_mask, topk_detections
 from ..layers.rtdetrv2_decoder import RTDETRv2TransformerDecoder
 from .rtdetrv2_head_loss import RTDETRv2HeadLossMixin
 
@@ -111,7 +111,10 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
         loss_bbox (dict): L1 loss on cxcywh normalised boxes.
         loss_iou (dict): GIoU loss on xyxy pixel boxes.
         train_cfg (dict): ``assigner``: the Hungarian assigner config.
-        test_cfg (dict): ``max_per_img``: detections kept per image.
+        test_cfg (dict): ``max_per_img``: detections kept per image (top-K);
+            optional ``score_thr`` and ``nms`` (duplicate control after the
+            top-K, off by default; see
+            :func:`~rtdetr_mm.models.layers.postprocess.duplicate_control`).
         init_cfg (dict, optional): mmengine init config.
     """
 
@@ -325,7 +328,8 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
             list[InstanceData]: per image ``bboxes`` (K, 4) xyxy pixels of the
             original image when ``rescale`` (else of the network input),
             ``scores`` (K,) sigmoid scores, ``labels`` (K,); K =
-            ``test_cfg.max_per_img`` (300), sorted by score.
+            ``test_cfg.max_per_img`` (300), sorted by score; fewer when
+            ``test_cfg.score_thr`` or ``test_cfg.nms`` is set.
         """
         outs = self(feats)
         batch_img_metas = [ds.metainfo for ds in batch_data_samples]
@@ -342,7 +346,9 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
     def predict_by_feat(self, cls_scores: torch.Tensor, bbox_preds: torch.Tensor,
                         batch_img_metas: List[dict], rescale: bool = True) -> InstanceList:
         """Top-k over the sigmoid scores of all (query, class) pairs
-        (:func:`~rtdetr_mm.models.layers.postprocess.topk_detections`).
+        (:func:`~rtdetr_mm.models.layers.postprocess.topk_detections`), then
+        the optional ``test_cfg.score_thr`` / ``test_cfg.nms``
+        (:func:`~rtdetr_mm.models.layers.postprocess.keep_mask`).
 
         Args:
             cls_scores (Tensor): (B, Nq, C) logits.
@@ -360,8 +366,14 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
         labels, boxes, scores = topk_detections(cls_scores, bbox_preds, sizes_wh,
                                                 self.num_classes, self.max_per_img,
                                                 scale_factors)
-        return [InstanceData(bboxes=b, scores=s, labels=lab)
-                for b, s, lab in zip(boxes, scores, labels)]
+        score_thr, nms_cfg = duplicate_control(self.test_cfg)
+        if score_thr is None and nms_cfg is None:  # the default: the top-K as is
+            return [InstanceData(bboxes=b, scores=s, labels=lab)
+                    for b, s, lab in zip(boxes, scores, labels)]
+        # on the boxes the user gets (xyxy pixels, rescaled when ``rescale``)
+        keep = keep_mask(labels, boxes, scores, score_thr, nms_cfg)
+        return [InstanceData(bboxes=b[k], scores=s[k], labels=lab[k])
+                for b, s, lab, k in zip(boxes, scores, labels, keep)]
 
 
 def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
