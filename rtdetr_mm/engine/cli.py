@@ -13,6 +13,7 @@ from mmengine.runner import Runner
 from ..datasets import DatasetPipelineError, DatasetValidationError, ImageLoadError
 from ..evaluation import OperatingPointError
 from ..models.detectors.checkpoint_fit import CheckpointMismatchError
+from ..models.layers.postprocess import DuplicateControlError
 from .checkpoint_safety import CorruptCheckpointError, UnsafeCheckpointError
 from .dist import setup_cpu_distributed
 from .hooks.nonfinite_hook import NonFiniteLossError
@@ -26,7 +27,8 @@ from .runner.work_dir_lock import WorkDirLockedError
 USER_ERRORS = (RunSettingsError, DatasetValidationError, DatasetPipelineError, ImageLoadError,
                CheckpointMismatchError, IsADirectoryError, UnsafeCheckpointError,
                CorruptCheckpointError, NonFiniteLossError, WorkDirLockedError,
-               LatestCheckpointError, CheckpointSaveError, OperatingPointError)
+               LatestCheckpointError, CheckpointSaveError, OperatingPointError,
+               DuplicateControlError)
 
 
 def load_config(config: str, launcher: str, cfg_options: Optional[dict],

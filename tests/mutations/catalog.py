@@ -34,6 +34,8 @@ FP16_TESTS = 'tests/test_engine/test_optimizers/test_fp16_cpu.py'
 HF_BASELINE_TESTS = 'tests/test_tools/test_hf_trainer_baseline.py'
 OP = 'rtdetr_mm/evaluation/functional/operating_point.py'
 OP_TESTS = 'tests/test_evaluation/test_operating_point.py'
+POSTPROCESS = 'rtdetr_mm/models/layers/postprocess.py'
+NMS_TESTS = 'tests/test_models/test_layers/test_postprocess_nms.py'
 
 MUTATIONS = [
     # ------------------------------------------------------------ loss knobs
@@ -388,6 +390,20 @@ MUTATIONS = [
              [(OP, 'last_of_tie = np.r_[scores[1:] != scores[:-1], True]',
                'last_of_tie = np.ones(len(scores), bool)')],
              [f'{OP_TESTS}::test_hand_made_counts_through_the_metric']),
+    # ------------------------------------------- duplicate control (issue 14)
+    Mutation('nms-onnx-class-offset', 'the exported NMS is class-aware like batched_nms',
+             [(POSTPROCESS, "        if not nms_cfg['class_agnostic']:  # batched_nms's offset, per image",
+               '        if False:')],
+             ['tests/test_deployment/test_onnx_nms.py::test_onnx_with_nms_matches_pytorch']),
+    Mutation('nms-eager-not-applied', 'the head applies batched_nms',
+             [(POSTPROCESS, '        survivors[img, kept] = True\n    return keep & survivors',
+               '        survivors[img, kept] = True\n    return keep')],
+             [f'{NMS_TESTS}::test_hand_made_overlaps']),
+    Mutation('nms-on-by-default', 'the defaults are the plain top-k (COCO AP unchanged)',
+             [(POSTPROCESS, "    score_thr, nms = test_cfg.get('score_thr'), test_cfg.get('nms')",
+               "    score_thr, nms = test_cfg.get('score_thr'), "
+               "test_cfg.get('nms', dict(type='nms', iou_threshold=0.5))")],
+             [f'{NMS_TESTS}::test_defaults_and_no_op_settings_are_bit_identical']),
     # ------------------------------------------------------ test hygiene
     Mutation('converter-imports-installed-package',
              'every tool runs the checkout it lives in (issue 9 hole 5)',

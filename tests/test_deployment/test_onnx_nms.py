@@ -4,7 +4,8 @@ export tool's flags and errors."""
 import numpy as np
 import pytest
 import torch
-from test_onnx_export import BOX_TOL, INPUT_SIZE, SCORE_TOL, _random_model, _small_cfg
+from rtdetr_mm.testing.export_models import (BOX_TOL, INPUT_SIZE, SCORE_TOL, random_model,
+                                             small_cfg)
 
 from rtdetr_mm.testing.tools import load_tool
 
@@ -14,12 +15,12 @@ NMS_CFG = dict(max_per_img=300, score_thr=0.3, nms=dict(type='nms', iou_threshol
 
 @pytest.fixture(scope='module')
 def base_model():
-    return _random_model('default')
+    return random_model('default')
 
 
 def _with_test_cfg(base, test_cfg):
     from mmdet.registry import MODELS
-    cfg = _small_cfg()
+    cfg = small_cfg()
     cfg.model.test_cfg = test_cfg
     model = MODELS.build(cfg.model)
     model.load_state_dict(base.state_dict())
@@ -85,7 +86,7 @@ def test_cli_flags_class_agnostic(base_model, tmp_path, capsys):
     ckpt = str(tmp_path / 'model.pth')
     torch.save(dict(state_dict=base_model.state_dict()), ckpt)
     cfg_file = str(tmp_path / 'cfg.py')
-    _small_cfg().dump(cfg_file)
+    small_cfg().dump(cfg_file)
     tool = load_tool('deployment/export_onnx')
     out = str(tmp_path / 'cli.onnx')
     argv = [cfg_file, ckpt, '--out', out, '--image-size', str(INPUT_SIZE[0]),

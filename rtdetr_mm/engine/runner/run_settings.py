@@ -114,6 +114,11 @@ RULES: Tuple[Rule, ...] = (
     Rule(f'{HEAD}.dn_cfg.label_noise_ratio', number(0, 1)),
     Rule(f'{HEAD}.dn_cfg.box_noise_scale', number(0)),
     # FOCAL_ALPHA / FOCAL_GAMMA (None: the loss type's default)
+    Rule('model.test_cfg.score_thr', number(0, 1, optional=True),
+         'detections scoring above it are kept (None: all top-k)'),
+    Rule('model.test_cfg.nms.iou_threshold', number(0, 1, low_open=True),
+         'a box overlapping a higher-scoring one of its class by more is removed'),
+    Rule('model.test_cfg.nms.class_agnostic', boolean),
     Rule(f'{HEAD}.loss_cls.alpha', number(0, 1, optional=True),
          'alpha weights the positive term and 1 - alpha the negative one: '
          'above 1 the negative term changes sign and the loss goes negative'),
