@@ -47,8 +47,11 @@ Budget (how the steps are matched):
 * each arm keeps its own learning-rate schedule, warm-up, EMA, augmentation
   and evaluation interval (the recipe is what is compared): arm a / b
   evaluate every EVAL_RATE_EPOCHS 0.5 epoch (50 steps on the shapes data),
-  arm c every epoch (100 steps), all on the val split, and at the end on the
-  test split (the val split on the shapes data).
+  arm c every epoch (100 steps), all on the val split (the curve). The final
+  numbers: arm a's from the config's test split after the last step
+  (hf_trainer_baseline.py), arms b and c's from their validation after the
+  last step (EMA weights, as their recipe evaluates); the test split is the
+  val split on the shapes data, so all three are the same 100 images.
 
 Outputs in ``--work-dir``: ``seed_S/{a_hf_trainer,b_seed_config,c_rtdetr_mm}``
 (one work dir per arm and seed), ``runs.csv`` (one row per arm and seed),
