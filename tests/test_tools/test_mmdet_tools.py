@@ -162,11 +162,6 @@ def test_analyze_results(run, tools):
     assert len(glob.glob(str(out_dir / 'bad' / '*.jpg'))) == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "get_flops.py traces model.forward(mode='tensor') with torch.jit; "
-    "RTDETRv2's tensor mode returns the head's RTDETRv2HeadOutputs dataclass "
-    "(mmdet's _forward returns a tuple of tensors): 'Only tuples, lists and "
-    "Variables are supported as JIT inputs/outputs'"))
 def test_get_flops(tools):
     out = _check(tools['get_flops'])
     assert re.search(r'Flops: \d', out), out

@@ -181,13 +181,24 @@ class RTDETRv2(SingleStageDetector):
                                  rescale=rescale)
         return super().predict(batch_inputs, batch_data_samples, rescale=rescale)
 
-    def _forward(self, batch_inputs: Tensor, batch_data_samples: OptSampleList = None):
-        """mmdet's tensor forward (raw head outputs), run by
-        :meth:`inference_model` (FLOP counting traces the fused model)."""
+    def _forward(self, batch_inputs: Tensor, batch_data_samples: OptSampleList = None
+                 ) -> Tuple[Tensor, Tensor]:
+        """mmdet's tensor forward, run by :meth:`inference_model` (FLOP
+        counting traces the fused model).
+
+        Returns:
+            tuple[Tensor, Tensor]: The head's ``cls_scores`` (L', B, Nq, C)
+            logits and ``bbox_preds`` (L', B, Nq, 4) boxes, cxcywh normalised
+            to the network input (:class:`RTDETRv2HeadOutputs`).
+
+        NOTE: a tuple, not the head's dataclass: mmdet's ``get_flops.py``
+        traces ``mode='tensor'`` with ``torch.jit``, which takes tuples only.
+        """
         model = self.inference_model()
         if model is not self:
             return model._forward(self._inference_layout(batch_inputs), batch_data_samples)
-        return super()._forward(batch_inputs, batch_data_samples)
+        outs = super()._forward(batch_inputs, batch_data_samples)
+        return outs.cls_scores, outs.bbox_preds
 
     def _inference_layout(self, batch_inputs: Tensor) -> Tensor:
         """Images (B, 3, H, W) in the fused copy's memory format."""
