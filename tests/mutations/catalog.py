@@ -36,6 +36,8 @@ OP = 'rtdetr_mm/evaluation/functional/operating_point.py'
 OP_TESTS = 'tests/test_evaluation/test_operating_point.py'
 POSTPROCESS = 'rtdetr_mm/models/layers/postprocess.py'
 NMS_TESTS = 'tests/test_models/test_layers/test_postprocess_nms.py'
+SEED_MIGRATION = 'rtdetr_mm/testing/seed_migration.py'
+SEED_MIGRATION_TESTS = 'tests/test_tools/test_seed_migration_benchmark.py'
 
 MUTATIONS = [
     # ------------------------------------------------------------ loss knobs
@@ -404,6 +406,19 @@ MUTATIONS = [
                "    score_thr, nms = test_cfg.get('score_thr'), "
                "test_cfg.get('nms', dict(type='nms', iou_threshold=0.5))")],
              [f'{NMS_TESTS}::test_defaults_and_no_op_settings_are_bit_identical']),
+    # ------------------------------------------ tracking, three arms (11, 14)
+    Mutation('op-prefix-not-in-tensorboard', 'operating-point metrics reach TensorBoard as op/...',
+             [('rtdetr_mm/evaluation/metrics/operating_point_metric.py',
+               "default_prefix: Optional[str] = 'op'", "default_prefix: Optional[str] = 'opx'")],
+             ['tests/test_tools/test_tracking.py::test_event_file_has_losses_lr_and_metrics']),
+    Mutation('seed-migration-no-shared-init', 'arms b and c start from the converted Trainer init',
+             [(SEED_MIGRATION, "'--cfg-options', f'load_from={init}', f'randomness.seed={seed}']",
+               "'--cfg-options', f'randomness.seed={seed}']")],
+             [f'{SEED_MIGRATION_TESTS}::test_arms_start_from_the_same_weights']),
+    Mutation('seed-migration-arm-b-not-seed-config', 'arm b trains the config seed_to_config.py writes',
+             [(SEED_MIGRATION, 'bases = dict(b=seed_config, c=demo_config)',
+               'bases = dict(b=demo_config, c=demo_config)')],
+             [f'{SEED_MIGRATION_TESTS}::test_arm_b_runs_the_seed_script_values']),
     # ------------------------------------------------------ test hygiene
     Mutation('converter-imports-installed-package',
              'every tool runs the checkout it lives in (issue 9 hole 5)',
