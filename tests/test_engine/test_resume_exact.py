@@ -36,6 +36,7 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
 from rtdetr_mm.engine.checkpoint_safety import safe_load_checkpoint
+from rtdetr_mm.testing.asserts import assert_same
 from rtdetr_mm.testing.checkout import checkout_env, popen_python
 from rtdetr_mm.testing.tiny_coco import make_tiny_coco, register_improving_metric, tiny_config
 
@@ -109,23 +110,6 @@ def _pointer(work_dir):
         return f.read().strip()
 
 
-def _assert_same(a, b, where=''):
-    """Recursive torch.equal / == over checkpoint contents."""
-    if torch.is_tensor(a):
-        assert torch.is_tensor(b) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), f'{where}: max diff {(a.double() - b.double()).abs().max()}'
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f'{where}: keys {set(a) ^ set(b)}'
-        for k in a:
-            _assert_same(a[k], b[k], f'{where}.{k}')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f'{where}[{i}]')
-    else:
-        assert a == b, f'{where}: {a!r} != {b!r}'
-
-
 def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
     data = make_tiny_coco(str(tmp_path / 'data'), num_images=8, size=(64, 64))
     config = tiny_config(str(tmp_path / 'cfg.py'), R18, data, size=(64, 64), max_epochs=2,
@@ -165,10 +149,10 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
     # something really trained (weights moved, EMA differs from raw weights)
     key = 'bbox_head.enc_score_head.weight'
     assert not torch.equal(a['state_dict'][key], a['ema_state_dict']['module.' + key])
-    _assert_same(a['state_dict'], b['state_dict'], 'state_dict (EMA weights)')
-    _assert_same(a['ema_state_dict'], b['ema_state_dict'], 'ema_state_dict')
-    _assert_same(a['optimizer'], b['optimizer'], 'optimizer')
-    _assert_same(a['param_schedulers'], b['param_schedulers'], 'param_schedulers')
-    _assert_same(a['rng_state'], b['rng_state'], 'rng_state')
+    assert_same(a['state_dict'], b['state_dict'], 'state_dict (EMA weights)')
+    assert_same(a['ema_state_dict'], b['ema_state_dict'], 'ema_state_dict')
+    assert_same(a['optimizer'], b['optimizer'], 'optimizer')
+    assert_same(a['param_schedulers'], b['param_schedulers'], 'param_schedulers')
+    assert_same(a['rng_state'], b['rng_state'], 'rng_state')
     steps = {int(s['step']) for s in b['optimizer']['state'].values()}
     assert steps == {8}

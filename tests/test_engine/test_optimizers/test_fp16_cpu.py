@@ -37,6 +37,7 @@ from mmengine.hooks import Hook
 
 from rtdetr_mm.engine.checkpoint_safety import safe_load_checkpoint
 from rtdetr_mm.engine.optimizers import RTDETRv2AmpOptimWrapper
+from rtdetr_mm.testing.asserts import assert_same
 from rtdetr_mm.testing import ROOT
 from rtdetr_mm.testing.tiny_coco import make_tiny_coco, tiny_config
 from rtdetr_mm.testing.tools import load_tool
@@ -219,23 +220,6 @@ def test_run_with_an_inf_gradient_goes_on(uninterrupted):
     assert 'non-finite loss' not in log
 
 
-def _assert_same(a, b, where=''):
-    """Recursive torch.equal / == over checkpoint contents."""
-    if torch.is_tensor(a):
-        assert torch.is_tensor(b) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), f'{where}: max diff {(a.double() - b.double()).abs().max()}'
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f'{where}: keys {set(a) ^ set(b)}'
-        for k in a:
-            _assert_same(a[k], b[k], f'{where}.{k}')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f'{where}[{i}]')
-    else:
-        assert a == b, f'{where}: {a!r} != {b!r}'
-
-
 def test_scaler_state_is_saved_and_resumed_bit_exact(uninterrupted, train, config, base):
     status, _, work_a = uninterrupted
     assert status == 0
@@ -254,7 +238,7 @@ def test_scaler_state_is_saved_and_resumed_bit_exact(uninterrupted, train, confi
     assert a1['optimizer']['loss_scaler'] == dict(
         scale=INIT_SCALE * BACKOFF, growth_factor=2.0, backoff_factor=BACKOFF,
         growth_interval=2000, _growth_tracker=2)
-    _assert_same(a1['optimizer'], b1['optimizer'], 'epoch_1 optimizer')
+    assert_same(a1['optimizer'], b1['optimizer'], 'epoch_1 optimizer')
     # the resumed run went on from the saved scale, not a fresh scaler's
     assert [r['scale'] for r in resumed] == [INIT_SCALE * BACKOFF] * 4
 
@@ -262,10 +246,10 @@ def test_scaler_state_is_saved_and_resumed_bit_exact(uninterrupted, train, confi
     b2 = safe_load_checkpoint(osp.join(work_b, 'epoch_2.pth'))
     assert a2['meta']['iter'] == b2['meta']['iter'] == 8
     assert a2['optimizer']['loss_scaler']['_growth_tracker'] == 6
-    _assert_same(a2['state_dict'], b2['state_dict'], 'state_dict')
-    _assert_same(a2['optimizer'], b2['optimizer'], 'optimizer')  # loss_scaler included
-    _assert_same(a2['param_schedulers'], b2['param_schedulers'], 'param_schedulers')
-    _assert_same(a2['rng_state'], b2['rng_state'], 'rng_state')
+    assert_same(a2['state_dict'], b2['state_dict'], 'state_dict')
+    assert_same(a2['optimizer'], b2['optimizer'], 'optimizer')  # loss_scaler included
+    assert_same(a2['param_schedulers'], b2['param_schedulers'], 'param_schedulers')
+    assert_same(a2['rng_state'], b2['rng_state'], 'rng_state')
 
 
 def test_fp16_steps_stay_close_to_fp32(train, data, base):
@@ -307,7 +291,7 @@ def test_fp16_steps_stay_close_to_fp32(train, data, base):
 
     trainable = [k for k in init32 if not k.startswith('backbone.')]
     assert PROBED in trainable
-    _assert_same(init32, init16, 'initial weights')
+    assert_same(init32, init16, 'initial weights')
     d32 = torch.cat([(final32[k] - init32[k]).flatten() for k in trainable])
     d16 = torch.cat([(final16[k] - init16[k]).flatten() for k in trainable])
     assert d32.norm() > 0
