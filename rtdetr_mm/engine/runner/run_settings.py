@@ -95,7 +95,8 @@ def image_size(value: Any) -> Optional[str]:
         check_image_size(value)
     except ValueError as error:
         nearest = str(error).partition('nearest valid: ')[2]
-        return ('an int or (h, w) of positive multiples of 32 (the largest feature stride)'
+        return ('an int or (h, w), each side a positive multiple of 32 (the largest feature '
+                'stride)'
                 + (f'; nearest valid: {nearest}' if nearest else ''))
     return None
 
