@@ -36,6 +36,7 @@ Nothing here is imported by ``import rtdetr_mm``: transformers' Trainer needs
 ``accelerate``, the augmentation needs ``albumentations`` (both pinned in
 ``requirements/tests.txt``), imported only when a run starts.
 """
+import contextlib
 import json
 import math
 import os
@@ -768,27 +769,28 @@ def run(cfg: Any, work_dir: str, knobs: Optional[Dict[str, Any]] = None,
     val_set = build_split(cfg, 'val')
     test_set = build_split(cfg, 'test')
 
-    args = TrainingArguments(
-        output_dir=osp.join(work_dir, 'trainer'), max_steps=plan.max_steps,
-        per_device_train_batch_size=plan.train_batch,
-        gradient_accumulation_steps=plan.grad_accum, learning_rate=plan.lr,
-        weight_decay=plan.weight_decay, adam_beta1=plan.betas[0], adam_beta2=plan.betas[1],
-        adam_epsilon=plan.eps, max_grad_norm=plan.max_grad_norm,
-        warmup_steps=plan.warmup_steps, lr_scheduler_type=plan.lr_scheduler_type,
-        bf16=plan.precision == 'bf16', fp16=plan.precision == 'fp16',
-        dataloader_drop_last=plan.drop_last, dataloader_num_workers=plan.num_workers,
-        remove_unused_columns=False, save_strategy='no', eval_strategy='no',
-        report_to='none', logging_steps=max(1, min(50, plan.max_steps // 10)),
-        disable_tqdm=True, seed=plan.seed, use_cpu=not torch.cuda.is_available())
-    optimizer = torch.optim.AdamW(_param_groups(model, plan), lr=plan.lr, betas=plan.betas,
-                                  eps=plan.eps, weight_decay=plan.weight_decay)
-    curve: List[dict] = []
-    clock = dict(eval_s=0.0)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collate,
-                      optimizers=(optimizer, None),
-                      callbacks=[_trainer_callback(model, processor, cfg, val_set, plan,
-                                                   curve, clock)])
-    output = trainer.train()
+    with _one_process():
+        args = TrainingArguments(
+            output_dir=osp.join(work_dir, 'trainer'), max_steps=plan.max_steps,
+            per_device_train_batch_size=plan.train_batch,
+            gradient_accumulation_steps=plan.grad_accum, learning_rate=plan.lr,
+            weight_decay=plan.weight_decay, adam_beta1=plan.betas[0], adam_beta2=plan.betas[1],
+            adam_epsilon=plan.eps, max_grad_norm=plan.max_grad_norm,
+            warmup_steps=plan.warmup_steps, lr_scheduler_type=plan.lr_scheduler_type,
+            bf16=plan.precision == 'bf16', fp16=plan.precision == 'fp16',
+            dataloader_drop_last=plan.drop_last, dataloader_num_workers=plan.num_workers,
+            remove_unused_columns=False, save_strategy='no', eval_strategy='no',
+            report_to='none', logging_steps=max(1, min(50, plan.max_steps // 10)),
+            disable_tqdm=True, seed=plan.seed, use_cpu=not torch.cuda.is_available())
+        optimizer = torch.optim.AdamW(_param_groups(model, plan), lr=plan.lr, betas=plan.betas,
+                                      eps=plan.eps, weight_decay=plan.weight_decay)
+        curve: List[dict] = []
+        clock = dict(eval_s=0.0)
+        trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collate,
+                          optimizers=(optimizer, None),
+                          callbacks=[_trainer_callback(model, processor, cfg, val_set, plan,
+                                                       curve, clock)])
+        output = trainer.train()
     train_time = float(output.metrics['train_runtime']) - clock['eval_s']
     model.save_pretrained(osp.join(work_dir, 'final_hf'))
     metrics = evaluate(model, processor, cfg, test_set, plan, 'test')
@@ -843,3 +845,23 @@ def result_record(cfg: Any, plan: Plan, name: Optional[str], model, metrics: Dic
         augmentation=AUGMENTATION, precision=plan.precision,
         versions=dict(transformers=transformers.__version__, torch=torch.__version__,
                       threads=torch.get_num_threads()))
+
+
+@contextlib.contextmanager
+def _one_process():
+    """Hide ``LOCAL_RANK`` from accelerate while the Trainer runs, unless
+    ``WORLD_SIZE`` says several processes were launched.
+
+    NOTE: mmdet's tools (ours too) export ``LOCAL_RANK=0`` for a single
+    process, and accelerate takes any ``LOCAL_RANK`` for a distributed launch
+    (``env://`` rendezvous without ``MASTER_ADDR``). The baseline is one
+    process.
+    """
+    saved = os.environ.get('LOCAL_RANK')
+    if os.environ.get('WORLD_SIZE', '1') == '1':
+        os.environ.pop('LOCAL_RANK', None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ['LOCAL_RANK'] = saved
