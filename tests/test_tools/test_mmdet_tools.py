@@ -58,7 +58,9 @@ def run(tmp_path_factory):
     make_synthetic_coco(str(base / 'data' / 'shapes'), num_train=8, num_val=4,
                         image_size=(96, 96), max_objects=3)
     work_dir = str(base / 'work')
-    small = ['image_size=(64,64)', *NO_WORKERS]
+    # a visualizer name of its own: mmengine keeps one visualizer per name in a
+    # process, and an earlier in-process run's would write the json log elsewhere
+    small = ['image_size=(64,64)', 'visualizer.name=test_mmdet_tools_visualizer', *NO_WORKERS]
     cwd = os.getcwd()
     os.chdir(base)  # the demo config's data_root 'data/shapes/' is relative
     try:

@@ -28,7 +28,10 @@ def events(tmp_path_factory):
     run's work dir: 8 images, batch 4, 1 epoch = 2 iterations, one validation."""
     base = tmp_path_factory.mktemp('tracking')
     data = make_tiny_coco(str(base / 'data'), num_images=8, size=(64, 64))
+    # a visualizer name of its own: mmengine keeps one visualizer per name in a
+    # process, and an earlier in-process run's would write to its own work dir
     extra = f'''{TENSORBOARD_LINE}
+visualizer['name'] = 'test_tracking_visualizer'
 val_evaluator = [dict(type='CocoMetric', ann_file={data['ann_file']!r}, metric='bbox'),
                  dict(type='OperatingPointMetric', score_thr=0.0)]
 default_hooks['visualization'] = dict(draw=True, interval=1)  # keeps tiny_config's hooks
