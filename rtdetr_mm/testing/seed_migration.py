@@ -60,7 +60,10 @@ AP75, APs, APm, APl, train time, wall time and images per second: the
 spread is min-max), ``arms.md`` (the same as a Markdown table),
 ``arms_map.png`` (the val mAP of every arm and seed against optimizer steps),
 ``arms.json`` (all of it, the curves and the commands run) and
-``commands.sh`` (the exact commands, in order).
+``commands.sh`` (the exact commands, in order). A finished arm leaves
+``arm_done.json`` (its command and wall time) in its work dir; a second call
+with the same ``--work-dir`` reuses the arms whose command is unchanged and
+runs the rest (a measurement that stopped half-way goes on).
 
 Timings: train time excludes evaluation (the Trainer's run time minus its
 curve evaluations; rtdetr_mm's per-iteration ``train/time``, as compare.py
@@ -92,6 +95,8 @@ AP_COLUMNS = (('AP', 'coco/bbox_mAP'), ('AP50', 'coco/bbox_mAP_50'),
               ('APm', 'coco/bbox_mAP_m'), ('APl', 'coco/bbox_mAP_l'))
 #: the other columns averaged over the seeds
 TIME_COLUMNS = ('train_time_s', 'wall_s', 'images_per_s')
+# in an arm's work dir once its command finished: the command and its wall time
+ARM_DONE = 'arm_done.json'
 
 #: the demo's model shape, copied into arm b's config (dotted key in ``model``)
 MODEL_SHAPE_KEYS = (
@@ -496,6 +501,25 @@ def run_benchmark(work_dir: str, steps: int, seeds: Sequence[int],
         commands.append(' '.join(shlex.quote(a) for a in argv))
         return run_command(argv, log, what, in_process)
 
+    def train_arm(argv, what, arm_dir):
+        """Run one arm, or reuse it when an earlier call finished the same
+        command (a long measurement that stopped half-way goes on from the
+        arms it has; the marker holds the arm's wall time)."""
+        command = ' '.join(shlex.quote(a) for a in argv)
+        marker = osp.join(arm_dir, ARM_DONE)
+        if osp.isfile(marker):
+            with open(marker) as f:
+                done = json.load(f)
+            if done.get('command') == command:
+                commands.append(command)
+                log(f'reusing {arm_dir}: {what} finished earlier with this command '
+                    f'(delete the folder to run it again)')
+                return done['wall_s']
+        wall = call(argv, what)
+        with open(marker, 'w') as f:
+            json.dump(dict(command=command, wall_s=wall), f)
+        return wall
+
     seed_config = osp.join(cfg_dir, 'seed_config.py')
     call([py, tool('misc/seed_to_config.py'), script, '--fix-image-size', '--out', seed_config],
          'seed_to_config.py', in_process=True)
@@ -515,9 +539,10 @@ def run_benchmark(work_dir: str, steps: int, seeds: Sequence[int],
     for seed in seeds:
         seed_dir = osp.join(work_dir, f'seed_{seed}')
         dirs = {arm.key: osp.join(seed_dir, arm.dir_name) for arm in ARMS}
-        wall = call([py, tool('analysis_tools/hf_trainer_baseline.py'), configs['b'],
-                     '--knobs', script, '--work-dir', dirs['a'], '--max-steps', str(steps),
-                     '--seed', str(seed), '--name', ARMS[0].name], f'arm a, seed {seed}')
+        wall = train_arm([py, tool('analysis_tools/hf_trainer_baseline.py'), configs['b'],
+                          '--knobs', script, '--work-dir', dirs['a'], '--max-steps', str(steps),
+                          '--seed', str(seed), '--name', ARMS[0].name], f'arm a, seed {seed}',
+                         dirs['a'])
         runs.append(read_hf_run(dirs['a'], seed, wall))
         init = osp.join(seed_dir, 'init.pth')
         call([py, tool('model_converters/rtdetrv2_to_mmdet.py'), osp.join(dirs['a'], 'init_hf'),
@@ -526,9 +551,10 @@ def run_benchmark(work_dir: str, steps: int, seeds: Sequence[int],
         for key in ('b', 'c'):
             check_init_fits(init, configs[key])
         for arm in ARMS[1:]:
-            wall = call([py, tool('train.py'), configs[arm.key], '--work-dir', dirs[arm.key],
-                         '--cfg-options', f'load_from={init}', f'randomness.seed={seed}'],
-                        f'arm {arm.key}, seed {seed}')
+            wall = train_arm([py, tool('train.py'), configs[arm.key], '--work-dir',
+                              dirs[arm.key], '--cfg-options', f'load_from={init}',
+                              f'randomness.seed={seed}'], f'arm {arm.key}, seed {seed}',
+                             dirs[arm.key])
             runs.append(read_mm_run(arm.key, dirs[arm.key], seed, wall, budgets[arm.key]))
 
     wrong = [f'{r.arm} seed {r.seed}: {r.steps}' for r in runs if r.steps != steps]

@@ -18,7 +18,9 @@ Checked another way than the driver computes it:
 """
 import contextlib
 import csv
+import glob
 import io
+import os
 import os.path as osp
 
 import pytest
@@ -148,3 +150,21 @@ def test_refuses_steps_that_are_not_whole_epochs(data, tmp_path):
     assert status == 1
     assert 'error: --steps 3:' in err and 'multiple of 2' in err, err
     assert not osp.exists(osp.join(str(tmp_path), 'seed_0'))
+
+
+def test_a_second_call_reuses_the_finished_arms(bench, data):
+    """A long measurement that stopped goes on: arms whose command finished
+    are not trained again (their checkpoints stay as they were) and the
+    tables come out the same."""
+    work_dir, seed_dir = bench['work_dir'], bench['seed_dir']
+    runs_before = _rows(osp.join(work_dir, 'runs.csv'))
+    checkpoints = {arm: sorted(glob.glob(osp.join(seed_dir, arm, '*.pth')))
+                   for arm in ARM_DIRS[1:]}
+    stamps = {p: os.stat(p).st_mtime_ns for paths in checkpoints.values() for p in paths}
+    assert stamps
+    status, out, err = _run(['--work-dir', work_dir, '--steps', str(STEPS), '--seeds', '0',
+                             '--data-root', data])
+    assert status == 0, (out + err)[-4000:]
+    assert out.count('reusing ') == 3, out[-3000:]
+    assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps
+    assert _rows(osp.join(work_dir, 'runs.csv')) == runs_before

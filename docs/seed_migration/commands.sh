@@ -1,0 +1,9 @@
+python tools/misc/seed_to_config.py configs/rtdetrv2_finetune/reference_seed_script.py --fix-image-size --out work_dirs/seed_migration/configs/seed_config.py
+python tools/analysis_tools/hf_trainer_baseline.py work_dirs/seed_migration/configs/arm_b.py --knobs configs/rtdetrv2_finetune/reference_seed_script.py --work-dir work_dirs/seed_migration/seed_0/a_hf_trainer --max-steps 600 --seed 0 --name 'a: transformers Trainer, seed script'
+python tools/model_converters/rtdetrv2_to_mmdet.py work_dirs/seed_migration/seed_0/a_hf_trainer/init_hf work_dirs/seed_migration/seed_0/init.pth --config work_dirs/seed_migration/configs/arm_c.py
+python tools/train.py work_dirs/seed_migration/configs/arm_b.py --work-dir work_dirs/seed_migration/seed_0/b_seed_config --cfg-options load_from=work_dirs/seed_migration/seed_0/init.pth randomness.seed=0
+python tools/train.py work_dirs/seed_migration/configs/arm_c.py --work-dir work_dirs/seed_migration/seed_0/c_rtdetr_mm --cfg-options load_from=work_dirs/seed_migration/seed_0/init.pth randomness.seed=0
+python tools/analysis_tools/hf_trainer_baseline.py work_dirs/seed_migration/configs/arm_b.py --knobs configs/rtdetrv2_finetune/reference_seed_script.py --work-dir work_dirs/seed_migration/seed_1/a_hf_trainer --max-steps 600 --seed 1 --name 'a: transformers Trainer, seed script'
+python tools/model_converters/rtdetrv2_to_mmdet.py work_dirs/seed_migration/seed_1/a_hf_trainer/init_hf work_dirs/seed_migration/seed_1/init.pth --config work_dirs/seed_migration/configs/arm_c.py
+python tools/train.py work_dirs/seed_migration/configs/arm_b.py --work-dir work_dirs/seed_migration/seed_1/b_seed_config --cfg-options load_from=work_dirs/seed_migration/seed_1/init.pth randomness.seed=1
+python tools/train.py work_dirs/seed_migration/configs/arm_c.py --work-dir work_dirs/seed_migration/seed_1/c_rtdetr_mm --cfg-options load_from=work_dirs/seed_migration/seed_1/init.pth randomness.seed=1
