@@ -30,6 +30,13 @@ class RTDETRv2AugSwitchHook(Hook):
       ``runner.epoch >= switch_epoch``, once: so a run resumed (``--resume``)
       into an epoch past the switch point switches before its first
       iteration. It is idempotent (a second call does nothing).
+    * Early stopping (``EarlyStoppingHook``): the switch epoch follows the
+      runner's ``max_epochs`` until the switch is done (recomputed at each
+      ``before_train_epoch``). A stop request before the switch makes
+      ``RTDETRv2EpochBasedTrainLoop`` end the run N epochs after the epoch
+      in progress (it lowers ``max_epochs``), so these N epochs still train
+      without strong augmentation / multi-scale; after the switch a request
+      stops the run at once. ``switched`` tells the loop which applies.
     * Pipeline: the train dataloader's dataset pipeline (inside
       ``ConcatDataset`` / ``RepeatDataset`` / ``ClassBalancedDataset``
       wrappers too) is replaced by ``Compose(switch_pipeline)``. Worker
@@ -76,23 +83,41 @@ class RTDETRv2AugSwitchHook(Hook):
         if isinstance(runner.train_loop, IterBasedTrainLoop):
             raise TypeError('RTDETRv2AugSwitchHook counts epochs; it needs an epoch-based '
                             'train loop (train_cfg.type=EpochBasedTrainLoop)')
+        self.switch_epoch = None
+        self._follow_max_epochs(runner)
+
+    @property
+    def switched(self) -> bool:
+        """True once the run trains without strong augmentation."""
+        return self._switched
+
+    def _follow_max_epochs(self, runner) -> None:
+        """``switch_epoch = max_epochs - N`` for the runner's current
+        ``max_epochs`` (which an early stop lowers); logs each new value."""
         max_epochs = runner.max_epochs
-        self.switch_epoch = max(max_epochs - self.stop_epochs_before_end, 0)
-        if self.stop_epochs_before_end >= max_epochs:
+        switch_epoch = max(max_epochs - self.stop_epochs_before_end, 0)
+        if switch_epoch == self.switch_epoch:
+            return
+        moved = self.switch_epoch is not None
+        self.switch_epoch = switch_epoch
+        if self.stop_epochs_before_end >= max_epochs and not moved:
             runner.logger.warning(
                 f'RTDETRv2AugSwitchHook: stop_epochs_before_end={self.stop_epochs_before_end} '
                 f'>= max_epochs={max_epochs}: the whole run trains without strong augmentation')
         runner.logger.info(
-            f'RTDETRv2AugSwitchHook: strong augmentation'
-            f'{" and multi-scale" if self.stop_batch_resize else ""} stop from epoch '
-            f'{self.switch_epoch + 1} of {max_epochs} (the last {max_epochs - self.switch_epoch})')
+            f'RTDETRv2AugSwitchHook: {"the run now ends early (early stopping): " if moved else ""}'
+            f'strong augmentation{" and multi-scale" if self.stop_batch_resize else ""} stop '
+            f'from epoch {self.switch_epoch + 1} of {max_epochs} (the last '
+            f'{max_epochs - self.switch_epoch})')
 
     def before_train_epoch(self, runner) -> None:
-        """Switch once, at the first epoch at or past the switch epoch."""
+        """Switch once, at the first epoch at or past the switch epoch (of
+        the current ``max_epochs``)."""
         if self._switched:
             return
         if self.switch_epoch is None:  # before_train was not called (tests)
             self.before_train(runner)
+        self._follow_max_epochs(runner)
         if runner.epoch < self.switch_epoch:
             return
         done = []

@@ -49,6 +49,21 @@ class RTDETRv2CheckpointHook(CheckpointHook):
                 'checkpoints in place, so a run killed while saving leaves a truncated file; '
                 "use runner_type = 'mmdet.RTDETRv2Runner' (tmp file + rename).")
 
+    def after_train(self, runner) -> None:
+        """``save_last`` also for a run stopped early (``EarlyStoppingHook``)
+        at the end of an epoch: that epoch's checkpoint was written before
+        the validation that stopped the run, so it is saved (again), to be
+        the last one and to hold the stop that ``--resume`` reads (a stop
+        inside an epoch is already in its ``iter_<n>.pth``). Then mmengine's
+        ``after_train``."""
+        loop = runner.train_loop
+        if (self.save_last and self.by_epoch and getattr(loop, 'stop_training', False)
+                and self._mid_epoch_ckpt != f'iter_{runner.iter}.pth'):
+            runner.logger.info(f'Saving checkpoint at {runner.epoch} epochs (stopped early)')
+            self._save_checkpoint_with_step(runner, runner.epoch,
+                                            dict(epoch=runner.epoch, iter=runner.iter))
+        super().after_train(runner)
+
     # -- regular checkpoints ------------------------------------------------
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
         """Save ``filename_tmpl.format(step)``, point ``last_checkpoint`` at it,

@@ -1,13 +1,19 @@
-"""Epoch-based training that validates every N epochs, N possibly a fraction."""
+"""Epoch-based training that validates every N epochs, N possibly a fraction,
+and stops early when mmengine's ``EarlyStoppingHook`` asks."""
 import math
 from typing import List, Optional, Sequence, Tuple
 
 from mmdet.registry import LOOPS
+from mmengine.hooks import EarlyStoppingHook
 from mmengine.logging import print_log
 from mmengine.runner import EpochBasedTrainLoop
 from torch.utils.data import BatchSampler
 
+from ..hooks.aug_switch_hook import RTDETRv2AugSwitchHook
 from ..runner.run_settings import RunSettingsError, epoch_length_problem
+
+#: message hub runtime info (saved in every checkpoint) recording an early stop
+EARLY_STOP_KEY = 'early_stop'
 
 
 @LOOPS.register_module()
@@ -30,6 +36,47 @@ class RTDETRv2EpochBasedTrainLoop(EpochBasedTrainLoop):
     samples already consumed (``RTDETRv2ResumableSampler``; other samplers
     load and drop the batches, with a warning), so the data order equals an
     uninterrupted run.
+
+    Early stopping (mmengine's ``EarlyStoppingHook``, ``custom_hooks``;
+    ``configs/_base_/early_stopping.py``): the hook sets ``stop_training``
+    in ``after_val_epoch``; mmengine's loop reads it only between epochs.
+    This loop reads it after every validation, at the end of an epoch or
+    inside one, and applies one rule:
+
+    * **the end-of-training schedule is kept**: a stop request ends the run
+      as if ``max_epochs`` had been set to the epoch in progress (finished)
+      + N, where N is ``RTDETRv2AugSwitchHook.stop_epochs_before_end``: the
+      epoch in progress is finished, then N epochs are trained without strong
+      augmentation / multi-scale (the aug switch hook counts from the new
+      ``max_epochs``), validating as usual, and the run ends after them
+      (never later than the configured ``max_epochs``). Further stop
+      requests in those N epochs change nothing.
+    * **a request at once ends the run** when there is nothing to keep: no
+      aug switch hook (or N = 0), or the switch has already happened (the
+      run is in its last N epochs). Inside an epoch the run stops right after
+      that validation and its ``iter_<n>.pth`` (the rest of the epoch is not
+      trained, ``after_train_epoch`` is not called); at the end of an epoch
+      it stops before the next one, and ``RTDETRv2CheckpointHook`` saves that
+      epoch's checkpoint again in ``after_train`` (it was written before the
+      validation), so the last checkpoint holds the stop. ``after_train``
+      hooks run either way.
+    * **the stop is recorded** in the message hub (runtime info
+      ``early_stop``: ``requested_at`` iteration, ``end_epoch``,
+      ``end_iter``; written with every later checkpoint). ``--resume`` from
+      a checkpoint that holds it keeps that end: from the last checkpoint of
+      a stopped run nothing is trained (the log says so), from one written
+      in the N final epochs the run trains to the recorded end.
+    * **a monitor the validation does not report is an error**
+      (:class:`RunSettingsError` listing the reported keys) at the first
+      validation. NOTE: mmengine only warns (``strict=False``, its default)
+      and never stops, so a typo in ``monitor`` silently turned early
+      stopping off.
+
+    NOTE: mmengine's ``EarlyStoppingHook`` keeps its best score and its
+    count of validations without improvement in memory only: a run resumed
+    *before* it asked to stop counts ``patience`` again from the resume on
+    (its first validation sets the best score), so it may stop at another
+    validation than the uninterrupted run would.
 
     Args:
         runner, dataloader, max_epochs, dynamic_intervals: As
@@ -55,6 +102,11 @@ class RTDETRv2EpochBasedTrainLoop(EpochBasedTrainLoop):
         self.val_points: List[int] = self._val_points() if self.fractional else []
         #: True while a validation inside an epoch runs
         self.in_mid_epoch_validation = False
+        #: the recorded early stop (``requested_at``, ``end_epoch``,
+        #: ``end_iter``), None until ``EarlyStoppingHook`` asks
+        self.early_stop: Optional[dict] = None
+        #: True when an early stop ended the run inside an epoch
+        self._stopped_in_epoch = False
 
     def _check_epoch_length(self, world_size: int) -> None:
         """Raise :class:`RunSettingsError` when an epoch has no iteration
@@ -78,27 +130,40 @@ class RTDETRv2EpochBasedTrainLoop(EpochBasedTrainLoop):
         return sorted(points)
 
     def run(self):
-        """Train ``max_epochs`` epochs, validating as the class docstring says."""
+        """Train ``max_epochs`` epochs, validating as the class docstring says;
+        end early as recorded by :meth:`_after_validation`."""
+        self._restore_early_stop()  # before before_train: the aug switch reads max_epochs
         self.runner.call_hook('before_train')
         if self.fractional:
             print_log(f'validation every {self.val_every_epochs} epochs: after iterations '
                       f'{self.val_points[:6]}{" ..." if len(self.val_points) > 6 else ""} of '
                       f'{self._max_iters}', logger='current')
-        while self._epoch < self._max_epochs and not self.stop_training:
+        while not self._ended():
             self.run_epoch()
+            if self._stopped_in_epoch:
+                break
             self._decide_current_val_interval()
             if self._validate_now(at_epoch_end=True):
-                self.runner.val_loop.run()
+                self._after_validation(self.runner.val_loop.run(), in_epoch=False)
         self.runner.call_hook('after_train')
         return self.runner.model
 
+    def _ended(self) -> bool:
+        if self._epoch >= self._max_epochs or self.stop_training:
+            return True
+        return self.early_stop is not None and self._iter >= self.early_stop['end_iter']
+
     def run_epoch(self) -> None:
-        """One epoch, or its remainder after a mid-epoch resume."""
+        """One epoch, or its remainder after a mid-epoch resume; cut short by
+        an early stop at a validation inside it (then without
+        ``after_train_epoch``: the epoch did not end)."""
         self.runner.call_hook('before_train_epoch')
         self.runner.model.train()
         done = self._iter - self._epoch * len(self.dataloader)
         for idx, data_batch in self._batches(done):
             self.run_iter(idx, data_batch)
+            if self._stopped_in_epoch:
+                return
         self.runner.call_hook('after_train_epoch')
         self._epoch += 1
 
@@ -135,11 +200,93 @@ class RTDETRv2EpochBasedTrainLoop(EpochBasedTrainLoop):
         self.in_mid_epoch_validation = True
         self.runner.call_hook('before_mid_epoch_val')
         try:
-            self.runner.val_loop.run()
+            metrics = self.runner.val_loop.run()
         finally:
             self.in_mid_epoch_validation = False
+        # before iter_<n>.pth is written, so that it holds an early stop
+        self._after_validation(metrics, in_epoch=True)
         self.runner.call_hook('after_mid_epoch_val')
         self.runner.model.train()  # the val loop left it in eval mode
+
+    # -- early stopping (mmengine's EarlyStoppingHook) ---------------------
+    def _after_validation(self, metrics: Optional[dict], in_epoch: bool) -> None:
+        """Check every ``EarlyStoppingHook``'s monitor against ``metrics``;
+        turn its stop request (``stop_training``) into the end of the run
+        and record it (the class docstring's rule)."""
+        self._check_monitors(metrics or {})
+        if not self.stop_training:
+            return
+        if self.early_stop is not None:  # the end is already set
+            self.stop_training = False
+            return
+        length = len(self.dataloader)
+        epochs_done = self._epoch + 1 if in_epoch else self._epoch  # once this epoch ends
+        tail = self._epochs_before_switch_end()
+        end_epoch = min(self._max_epochs, epochs_done + tail)
+        where = f'iteration {self._iter} (epoch {self._epoch + 1 if in_epoch else self._epoch})'
+        if tail == 0 or end_epoch * length <= self._iter:
+            end_iter = self._iter  # nothing to keep: stop here
+            end_epoch = math.ceil(end_iter / length)
+            self._stopped_in_epoch = in_epoch
+            print_log(f'EarlyStoppingHook asked to stop at {where}: training ends here',
+                      logger='current')
+        else:
+            end_iter = end_epoch * length
+            self.stop_training = False
+            print_log(f'EarlyStoppingHook asked to stop at {where}: '
+                      f'{"the epoch is finished, then " if in_epoch else ""}the last '
+                      f'{end_epoch - epochs_done} epoch(s) train without strong augmentation / '
+                      f'multi-scale (RTDETRv2AugSwitchHook): the run ends after epoch '
+                      f'{end_epoch} (max_epochs was {self._max_epochs})', logger='current')
+            self._end_at(end_epoch)
+        self.early_stop = dict(requested_at=self._iter, end_epoch=end_epoch, end_iter=end_iter)
+        self.runner.message_hub.update_info(EARLY_STOP_KEY, dict(self.early_stop))
+
+    def _epochs_before_switch_end(self) -> int:
+        """N of an aug switch hook that has not switched yet (0: none)."""
+        return max((hook.stop_epochs_before_end for hook in self.runner.hooks
+                    if isinstance(hook, RTDETRv2AugSwitchHook) and not hook.switched),
+                   default=0)
+
+    def _end_at(self, end_epoch: int) -> None:
+        """Make ``end_epoch`` the last epoch (``max_epochs``)."""
+        self._max_epochs = end_epoch
+        self._max_iters = end_epoch * len(self.dataloader)
+        if self.fractional:
+            self.val_points = self._val_points()
+
+    def _restore_early_stop(self) -> None:
+        """After ``--resume``: the early stop recorded in the checkpoint's
+        message hub, if any, sets the end of the run again."""
+        record = self.runner.message_hub.get_info(EARLY_STOP_KEY)
+        if not record:
+            return
+        self.early_stop = dict(record)
+        end_epoch, end_iter = record['end_epoch'], record['end_iter']
+        if end_iter == end_epoch * len(self.dataloader) and end_epoch < self._max_epochs:
+            self._end_at(end_epoch)
+        if self._iter >= end_iter:
+            print_log(f'this run already ended: EarlyStoppingHook asked to stop at iteration '
+                      f'{record["requested_at"]} and the run ended after iteration {end_iter} '
+                      f'(epoch {end_epoch}); nothing left to train. To train on from these '
+                      f'weights, start a new run from them (load_from=<checkpoint>, '
+                      f'resume=False)', logger='current', level=30)
+        else:
+            print_log(f'resuming a run that EarlyStoppingHook asked to stop at iteration '
+                      f'{record["requested_at"]}: it ends after epoch {end_epoch}',
+                      logger='current')
+
+    def _check_monitors(self, metrics: dict) -> None:
+        """Raise :class:`RunSettingsError` when an ``EarlyStoppingHook``
+        monitors a key that ``metrics`` (not empty) lacks."""
+        if not metrics:
+            return
+        for hook in self.runner.hooks:
+            if isinstance(hook, EarlyStoppingHook) and hook.monitor not in metrics:
+                raise RunSettingsError(
+                    f'custom_hooks: EarlyStoppingHook monitor={hook.monitor!r} is not a '
+                    f'metric of the validation, which reports: {", ".join(sorted(metrics))}; '
+                    "set monitor to one of them (e.g. 'coco/bbox_mAP')")
 
     def _batches(self, skip: int):
         """``enumerate(dataloader)`` without its first ``skip`` batches."""

@@ -178,6 +178,12 @@ RULES: Tuple[Rule, ...] = (
     Rule('default_hooks.ema.warmup_steps', number(1, integer=True, optional=True)),
     Rule('default_hooks.checkpoint.interval', number(1, integer=True)),
     Rule('default_hooks.logger.interval', number(1, integer=True)),
+    # EarlyStoppingHook (mmengine checks neither; its monitor is checked
+    # against the metrics at the first validation: RTDETRv2EpochBasedTrainLoop)
+    Rule('custom_hooks[*].patience', number(1, integer=True),
+         'EarlyStoppingHook: validations without improvement before the run stops'),
+    Rule('custom_hooks[*].min_delta', number(0),
+         'EarlyStoppingHook: the least gain that counts as an improvement'),
 )
 
 
