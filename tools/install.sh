@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
 # Idempotent installer for rtdetr_mm into the *current* Python environment
-# (${PYTHON:-python}). Installs only what is missing or at the wrong version:
-#   requirements/runtime.txt + requirements/tests.txt (exact pins; a line
-#     marked `# no-deps` is installed with pip --no-deps),
-#   mmcv 2.1.0 with compiled ops (cached wheel in $RTDETR_MM_WHEEL_CACHE,
-#     built from the sdist there if absent: 6-10 min on 2 cores),
-#   mmdet 3.3.0 with --no-deps (its metadata would otherwise drag nothing in,
-#     but pip must never try to resolve mmcv for it),
-#   rtdetr_mm itself: pip install -e . --no-deps.
-# When everything is present it runs one Python check and exits (seconds).
+# (${PYTHON:-python}). Installs only what is missing or at the wrong version.
+# Every decision is made by tools/dev/install_plan.py (standard library only,
+# unit-tested); this script only carries the plan out, in this order:
+#   0. torch: an installed torch within the tested range (2.4 to 2.13.x) is
+#      kept (and pinned for pip as a constraint, so nothing replaces it); one
+#      outside it is refused; a missing one is installed: the pinned
+#      torch== of requirements/runtime.txt, TORCH_VARIANT=cpu|cu126|...
+#      picking the build (download.pytorch.org/whl/<variant>);
+#   1. requirements/runtime.txt + requirements/tests.txt (exact pins; a line
+#      marked `# no-deps` is installed with pip --no-deps),
+#   2. mmcv 2.1.0 with compiled ops, built against that torch: CUDA ops when
+#      torch has CUDA and nvcc is found (FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST
+#      from the variable, the visible GPUs or a default list), CPU ops
+#      otherwise or with MMCV_WITH_CUDA=0; the wheel is cached in
+#      $RTDETR_MM_WHEEL_CACHE/<python_torch_cuda_ops key>/ and built from the
+#      sdist there if absent (10-15 min on 2 cores for CPU ops),
+#   3. mmdet 3.3.0 with --no-deps (pip must never try to resolve mmcv for it),
+#   4. rtdetr_mm itself: pip install -e . --no-deps.
+# When everything is present it runs the plan's check and exits (seconds).
+# INSTALL_DRY_RUN=1 prints the plan and changes nothing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python}"
 WHEEL_CACHE="${RTDETR_MM_WHEEL_CACHE:-$HOME/.cache/rtdetr_mm/wheels}"
-REQ_FILES=("$ROOT/requirements/runtime.txt" "$ROOT/requirements/tests.txt")
+PLANNER="$ROOT/tools/dev/install_plan.py"
 MMCV_VERSION=2.1.0
 MMDET_VERSION=3.3.0
 
@@ -23,94 +34,34 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
 
 log() { echo "[install] $*"; }
 pip_() { log "pip $*"; "$PYTHON" -m pip "$@"; }
-
-# Prints one line per unmet requirement: "pip <requirement>", "nodeps
-# <requirement>" (a line marked `# no-deps`), "mmcv <why>", "mmdet <why>" or
-# "self <why>". Prints nothing when all is in place.
-check() {
-    "$PYTHON" - "$ROOT" "${REQ_FILES[@]}" <<'PY'
-import importlib.metadata as md
-import importlib.util
-import os
-import re
-import sys
-
-root, req_files = sys.argv[1], sys.argv[2:]
-# look at what is installed, not at the checkout we may be standing in
-sys.path = [p for p in sys.path if p not in ('', '.', os.getcwd(), root)]
-
-
-def release(version):
-    m = re.match(r'\d+(\.\d+)*', version)
-    return tuple(int(x) for x in m.group(0).split('.')) if m else ()
-
-
-def compare(a, b):
-    n = max(len(a), len(b))
-    a, b = a + (0, ) * (n - len(a)), b + (0, ) * (n - len(b))
-    return (a > b) - (a < b)
-
-
-def satisfies(installed, spec):
-    for clause in filter(None, (c.strip() for c in spec.split(','))):
-        op, want = re.match(r'(==|>=|<=|!=|<|>)\s*(\S+)', clause).groups()
-        if op == '==':  # exact, ignoring a local tag such as +cpu
-            if installed.split('+')[0] != want:
-                return False
-            continue
-        c = compare(release(installed), release(want))
-        ok = {'>=': c >= 0, '<=': c <= 0, '>': c > 0, '<': c < 0,
-              '!=': c != 0}[op]
-        if not ok:
-            return False
-    return True
-
-
-def installed_version(name):
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
-
-
-for path in req_files:
-    with open(path) as f:
-        for raw in f:
-            line, _, comment = raw.partition('#')
-            line = line.strip()
-            if not line:
-                continue
-            name, spec = re.match(r'([A-Za-z0-9_.\-]+)\s*(.*)', line).groups()
-            have = installed_version(name)
-            kind = name.lower() if name.lower() in ('mmcv', 'mmdet') else 'pip'
-            if comment.strip() == 'no-deps':
-                kind = 'nodeps'
-            if have is None:
-                print(kind, line, '(missing)')
-            elif not satisfies(have, spec):
-                print(kind, line, f'(found {have})')
-            elif kind == 'mmcv':
-                files = md.distribution('mmcv').files or []
-                if not any(str(f).startswith('mmcv/_ext') for f in files):
-                    print('mmcv', line, '(installed without compiled ops)')
-
-setup_py = open(os.path.join(root, 'setup.py')).read()
-version = re.search(r"version='([^']+)'", setup_py).group(1)
-have = installed_version('rtdetr_mm')
-spec = importlib.util.find_spec('rtdetr_mm')
-where = os.path.dirname(spec.origin) if spec and spec.origin else None
-if have != version:
-    print('self rtdetr_mm', f'(found {have}, want {version})')
-elif where != os.path.join(root, 'rtdetr_mm'):
-    print('self rtdetr_mm', f'(imports from {where}, not {root})')
-PY
+# Sets TORCH_ACTION, TORCH_PIP_ARGS, TORCH_CONSTRAINT, PIP_REQS, NODEPS_REQS,
+# TODO, NEED_MMCV, NEED_MMDET, NEED_SELF, MMCV_BUILD_ENV, MMCV_CACHE_DIR,
+# MMCV_WHEEL, MMCV_LEGACY_WHEEL (see install_plan.shell); exits 1 when the
+# planner refuses (its `error: ...` is on stderr).
+plan() {
+    local out
+    out="$("$PYTHON" "$PLANNER" --shell --cache "$WHEEL_CACHE")" || exit 1
+    eval "$out"
 }
 
 START=$SECONDS
 log "python: $(command -v "$PYTHON") ($("$PYTHON" -c 'import sys; print(sys.version.split()[0])'))"
-TODO="$(check)"
+if [[ -n "${INSTALL_DRY_RUN:-}" ]]; then
+    "$PYTHON" "$PLANNER" --explain --cache "$WHEEL_CACHE" | sed 's/^/[install] /'
+    exit "${PIPESTATUS[0]}"
+fi
+
+plan
+log "torch: $TORCH_REASON"
+if [[ "$TORCH_ACTION" == install ]]; then
+    "$PYTHON" -m pip --version >/dev/null 2>&1 || "$PYTHON" -m ensurepip --upgrade
+    pip_ install "${TORCH_PIP_ARGS[@]}"
+    plan  # the mmcv build depends on the torch now installed
+    [[ "$TORCH_ACTION" == keep ]] || { log "torch still missing after installing it"; exit 1; }
+fi
+
 if [[ -z "$TODO" ]]; then
-    log "all requirements present (mmcv $MMCV_VERSION with ops, mmdet" \
+    log "all requirements present (torch kept, mmcv $MMCV_VERSION with ops, mmdet" \
         "$MMDET_VERSION, rtdetr_mm editable from $ROOT): nothing to do" \
         "($((SECONDS - START))s)"
     exit 0
@@ -119,65 +70,73 @@ log "to install:"
 sed 's/^/[install]   /' <<<"$TODO"
 
 "$PYTHON" -m pip --version >/dev/null 2>&1 || "$PYTHON" -m ensurepip --upgrade
+# The kept torch as a pip constraint: a requirement that wants another torch
+# makes pip fail instead of replacing it.
+CONSTRAINTS="$(mktemp)"
+trap 'rm -f "$CONSTRAINTS"' EXIT
+echo "$TORCH_CONSTRAINT" >"$CONSTRAINTS"
 
-# 1. Everything pip may resolve normally (torch is pinned, so pip takes the
-#    CPU wheel where one is offered instead of the CUDA build).
-mapfile -t PIP_REQS < <(awk '$1 == "pip" {print $2}' <<<"$TODO")
+# 1. Everything pip may resolve normally.
 if ((${#PIP_REQS[@]})); then
-    pip_ install "${PIP_REQS[@]}"
+    pip_ install -c "$CONSTRAINTS" "${PIP_REQS[@]}"
 fi
 # 1b. Lines marked `# no-deps` (albumentations, albucore): without their
 #     requirements, which would add opencv-python-headless, a second cv2 over
 #     the pinned opencv-python; their other requirements are plain lines.
-mapfile -t NODEPS_REQS < <(awk '$1 == "nodeps" {print $2}' <<<"$TODO")
 if ((${#NODEPS_REQS[@]})); then
     pip_ install --no-deps "${NODEPS_REQS[@]}"
 fi
 
 # 2. mmcv with compiled ops, from the cached wheel or built into the cache.
-if grep -q '^mmcv ' <<<"$TODO"; then
-    PYTAG="$("$PYTHON" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
-    shopt -s nullglob
-    wheels=("$WHEEL_CACHE"/mmcv-"$MMCV_VERSION"-"$PYTAG"-*.whl)
-    shopt -u nullglob
-    if ((${#wheels[@]} == 0)); then
-        log "no cached mmcv $MMCV_VERSION wheel for $PYTAG in $WHEEL_CACHE:" \
-            "building it from source (6-10 min on 2 cores)"
-        mkdir -p "$WHEEL_CACHE"
-        pip_ install -r "$ROOT/requirements/build.txt"
+if [[ -n "$NEED_MMCV" ]]; then
+    log "mmcv: $MMCV_REASON"
+    mkdir -p "$MMCV_CACHE_DIR"
+    if [[ -z "$MMCV_WHEEL" && -n "$MMCV_LEGACY_WHEEL" ]]; then
+        # a wheel of the earlier flat cache layout, built for this very case
+        log "adopting $MMCV_LEGACY_WHEEL into $MMCV_CACHE_DIR"
+        ln -f "$MMCV_LEGACY_WHEEL" "$MMCV_CACHE_DIR/" 2>/dev/null \
+            || cp "$MMCV_LEGACY_WHEEL" "$MMCV_CACHE_DIR/"
+        MMCV_WHEEL="$MMCV_CACHE_DIR/$(basename "$MMCV_LEGACY_WHEEL")"
+    fi
+    if [[ -z "$MMCV_WHEEL" ]]; then
+        log "no cached mmcv $MMCV_VERSION wheel in $MMCV_CACHE_DIR: building it" \
+            "from source (10-15 min on 2 cores for CPU ops)"
+        pip_ install -c "$CONSTRAINTS" -r "$ROOT/requirements/build.txt"
         build_start=$SECONDS
         # --no-cache-dir: pip's own wheel cache is not keyed by the torch
         # version the ops were compiled against; our cache is the cache.
-        MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-            pip_ wheel --no-build-isolation --no-deps --no-cache-dir \
-            "mmcv==$MMCV_VERSION" -w "$WHEEL_CACHE"
-        log "mmcv wheel built in $((SECONDS - build_start))s"
+        env "${MMCV_BUILD_ENV[@]}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+            "$PYTHON" -m pip wheel --no-build-isolation --no-deps --no-cache-dir \
+            "mmcv==$MMCV_VERSION" -w "$MMCV_CACHE_DIR"
+        log "mmcv wheel built in $((SECONDS - build_start))s (${MMCV_BUILD_ENV[*]})"
         shopt -s nullglob
-        wheels=("$WHEEL_CACHE"/mmcv-"$MMCV_VERSION"-"$PYTAG"-*.whl)
+        wheels=("$MMCV_CACHE_DIR"/mmcv-"$MMCV_VERSION"-*.whl)
         shopt -u nullglob
         ((${#wheels[@]})) || { log "mmcv build produced no wheel"; exit 1; }
+        MMCV_WHEEL="${wheels[0]}"
     else
-        log "using cached wheel ${wheels[0]}"
+        log "using cached wheel $MMCV_WHEEL"
     fi
-    # --force-reinstall: an ops-less mmcv 2.1.0 would otherwise be kept
-    pip_ install --no-deps --force-reinstall "${wheels[0]}"
+    # --force-reinstall: an ops-less (or other torch's) mmcv 2.1.0 would
+    # otherwise be kept
+    pip_ install --no-deps --force-reinstall "$MMCV_WHEEL"
 fi
 
 # 3. mmdet without its dependency resolution (its runtime requirements are
 #    pinned in requirements/runtime.txt and installed in step 1).
-if grep -q '^mmdet ' <<<"$TODO"; then
+if [[ -n "$NEED_MMDET" ]]; then
     pip_ install --no-deps "mmdet==$MMDET_VERSION"
 fi
 
 # 4. rtdetr_mm itself, editable, with the setuptools installed above.
-if grep -q '^self ' <<<"$TODO"; then
+if [[ -n "$NEED_SELF" ]]; then
     pip_ install --no-deps --no-build-isolation -e "$ROOT"
 fi
 
-LEFT="$(check)"
-if [[ -n "$LEFT" ]]; then
+plan
+if [[ -n "$TODO" ]]; then
     log "still unmet after installing:"
-    sed 's/^/[install]   /' <<<"$LEFT"
+    sed 's/^/[install]   /' <<<"$TODO"
     exit 1
 fi
 log "smoke test: import mmcv.ops, mmdet.models"
