@@ -64,7 +64,10 @@ env_cfg = dict(
 
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer')
-log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True)
+# mean_pattern: mmengine's, except validation keys (val/loss of
+# val_cfg.compute_loss), logged as computed, not averaged over validations
+log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True,
+                     mean_pattern=r'^(?!val/).*(loss|time|data_time|grad_norm)')
 
 log_level = 'INFO'
 load_from = None  # a checkpoint to fine-tune from (weights only)

@@ -54,7 +54,10 @@ train_cfg = dict(
     # a fraction validates inside epochs at evenly spaced iterations (0.5 =
     # twice per epoch) and saves a resumable iter_<n>.pth there. 1 = official.
     val_interval=1)
-val_cfg = dict(type='ValLoop')
+# mmengine's ValLoop; compute_loss=True also logs the validation loss
+# (val/loss, val/loss_cls, ...) from the same forward as the predictions:
+# --cfg-options val_cfg.compute_loss=True
+val_cfg = dict(type='RTDETRv2ValLoop', compute_loss=False)
 test_cfg = dict(type='TestLoop')
 
 # `tools/train.py --auto-scale-lr` multiplies lr by (total batch / 16), the

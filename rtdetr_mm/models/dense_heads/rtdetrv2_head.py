@@ -31,11 +31,11 @@ class RTDETRv2HeadOutputs:
     to the network input (``batch_input_shape``); scores are logits.
 
     Attributes:
-        cls_scores (Tensor): (L', B, Nq, C); L' = decoder layers in training,
-            1 (layer ``eval_idx``) in eval.
+        cls_scores (Tensor): (L', B, Nq, C); L' = decoder layers in training
+            (and with ``all_outputs``), 1 (layer ``eval_idx``) in eval.
         bbox_preds (Tensor): (L', B, Nq, 4).
         enc_cls_scores (Tensor, optional): Encoder top-k logits (B, Nq, C),
-            training only.
+            training (and ``all_outputs``) only.
         enc_bbox_preds (Tensor, optional): Encoder top-k boxes (B, Nq, 4).
         dn_cls_scores (Tensor, optional): Denoising logits (L, B, Ndn, C).
         dn_bbox_preds (Tensor, optional): Denoising boxes (L, B, Ndn, 4).
@@ -75,6 +75,7 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
 
     Training: :meth:`loss` of :class:`RTDETRv2HeadLossMixin` (the official
     criterion, in ``rtdetrv2_head_loss.py``). Inference: :meth:`predict`.
+    Validation loss: :meth:`loss_and_predict` (one forward, both).
 
     The stages carry ``torch.profiler.record_function`` labels
     (``rtdetr_mm:denoising``, ``:query_selection``, ``:decoder``,
@@ -221,7 +222,8 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
     # --------------------------------------------------------------- forward
     def forward(self, feats: Sequence[torch.Tensor],
                 gt_labels: Optional[Sequence[torch.Tensor]] = None,
-                gt_boxes: Optional[Sequence[torch.Tensor]] = None) -> RTDETRv2HeadOutputs:
+                gt_boxes: Optional[Sequence[torch.Tensor]] = None,
+                all_outputs: bool = False) -> RTDETRv2HeadOutputs:
         """Decode the neck features into per-layer class logits and boxes.
 
         Args:
@@ -230,12 +232,17 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
                 with ``gt_boxes`` enables denoising queries in training.
             gt_boxes (Sequence[Tensor], optional): Per image (n_i, 4) cxcywh
                 normalised to the network input.
+            all_outputs (bool): Also in eval mode, return what the loss needs:
+                every decoder layer and the encoder top-k, as in training
+                (the validation loss). Denoising stays training-only. The
+                layers up to ``eval_idx`` compute the same values either way.
 
         Returns:
             RTDETRv2HeadOutputs: see its docstring.
         """
         memory, spatial_shapes = self._flatten_levels(feats)
         num_queries = min(self.num_queries, memory.shape[1])
+        all_outputs = self.training or all_outputs
 
         dn_content = dn_boxes_logit = attn_mask = dn_meta = None
         if self.training and self.dn_cfg['num_denoising'] > 0 and gt_labels is not None:
@@ -246,7 +253,7 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
 
         with record_function('rtdetr_mm:query_selection'):
             content, ref_logit, enc_logits, enc_boxes = self._select_queries(
-                memory, spatial_shapes, num_queries)
+                memory, spatial_shapes, num_queries, with_encoder_outputs=all_outputs)
         if dn_meta is not None:
             content = torch.cat([dn_content.to(content.dtype), content], 1)
             ref_logit = torch.cat([dn_boxes_logit.to(ref_logit.dtype), ref_logit], 1)
@@ -254,7 +261,8 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
         with record_function('rtdetr_mm:decoder'):
             boxes, logits = self.decoder(content, ref_logit, memory, spatial_shapes,
                                          self.dec_bbox_head, self.dec_score_head,
-                                         self.query_pos_head, attn_mask=attn_mask)
+                                         self.query_pos_head, attn_mask=attn_mask,
+                                         all_layers=all_outputs)
         outs = RTDETRv2HeadOutputs(cls_scores=logits, bbox_preds=boxes,
                                    enc_cls_scores=enc_logits, enc_bbox_preds=enc_boxes)
         if dn_meta is not None:
@@ -293,18 +301,21 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
         return self._anchor_cache[key]
 
     def _select_queries(self, memory: torch.Tensor, spatial_shapes: List[Tuple[int, int]],
-                        num_queries: int):
+                        num_queries: int, with_encoder_outputs: bool = True):
         """Score every memory token and keep the top ``num_queries``.
 
         Args:
             memory (Tensor): (B, S, hidden_dim).
             spatial_shapes (list[tuple[int, int]]): (H_l, W_l) per level.
             num_queries (int): Tokens kept.
+            with_encoder_outputs (bool): Also return the encoder top-k
+                logits and boxes (for the loss).
 
         Returns:
             tuple: content (B, Nq, hidden_dim) detached; reference boxes as
             logits (B, Nq, 4) detached; encoder top-k logits (B, Nq, C) and
-            boxes (B, Nq, 4) cxcywh normalised (both None in eval).
+            boxes (B, Nq, 4) cxcywh normalised (both None without
+            ``with_encoder_outputs``).
         """
         anchors, valid_mask = self._anchors(spatial_shapes, memory)
         output_memory = self.enc_output(memory * valid_mask.to(memory.dtype))
@@ -314,7 +325,7 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
         topk_anchors = _gather_tokens(anchors.expand(memory.shape[0], -1, -1), topk_ind)
         topk_box_logit = self.enc_bbox_head(topk_memory) + topk_anchors
         enc_topk_logits = enc_topk_boxes = None
-        if self.training:
+        if with_encoder_outputs:
             enc_topk_logits = _gather_tokens(enc_logits, topk_ind)
             enc_topk_boxes = topk_box_logit.sigmoid()
         return topk_memory.detach(), topk_box_logit.detach(), enc_topk_logits, enc_topk_boxes
@@ -335,6 +346,44 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
         batch_img_metas = [ds.metainfo for ds in batch_data_samples]
         return self.predict_by_feat(outs.cls_scores[-1], outs.bbox_preds[-1],
                                     batch_img_metas, rescale)
+
+    def loss_and_predict(self, feats: Sequence[torch.Tensor], batch_data_samples: SampleList,
+                         rescale: bool = True) -> Tuple[Dict[str, torch.Tensor], InstanceList]:
+        """The loss and the detections of ONE forward (mmdet's
+        ``loss_and_predict`` pattern): the validation loss.
+
+        In eval mode (the val loop): no denoising; every decoder layer and
+        the encoder top-k are output (``all_outputs``) and go through the
+        training matching and loss (:meth:`loss_by_feat`); the detections
+        are :meth:`predict`'s, from layer ``eval_idx`` of the same outputs
+        (bit-identical: the layers up to it compute the same values). In
+        training mode: :meth:`loss` (with denoising) plus the detections.
+
+        Args:
+            feats (Sequence[Tensor]): Neck outputs, (B, C_l, H_l, W_l).
+            batch_data_samples (list[DetDataSample]): With ``gt_instances``
+                (bboxes xyxy pixels of the network input, labels) and
+                the metainfo :meth:`predict` reads.
+            rescale (bool): As :meth:`predict`.
+
+        Returns:
+            tuple: the loss dict of :meth:`loss` (``loss_cls/loss_bbox/
+            loss_iou`` of the LAST decoder layer, ``d{i}.loss_*`` of the
+            earlier ones, ``enc_loss_*``; ``dn_*`` only in training) and
+            :meth:`predict`'s list of InstanceData (xyxy pixels).
+
+        NOTE: the keys follow the training loss, so ``loss_*`` is the last
+        layer even when ``eval_idx`` predicts from an earlier one (R50-M:
+        layer 2 of 6, whose terms are ``d2.loss_*``).
+        """
+        gt_labels, gt_boxes, input_shapes = self._normalised_gts(batch_data_samples)
+        outs = self(feats, gt_labels, gt_boxes, all_outputs=True)
+        losses = self.loss_by_feat(outs, gt_labels, gt_boxes, input_shapes)
+        layer = self.decoder.eval_idx
+        batch_img_metas = [ds.metainfo for ds in batch_data_samples]
+        predictions = self.predict_by_feat(outs.cls_scores[layer], outs.bbox_preds[layer],
+                                           batch_img_metas, rescale)
+        return losses, predictions
 
     @property
     def max_per_img(self) -> int:

@@ -1,6 +1,6 @@
 """RT-DETRv2 detector."""
 import itertools
-from typing import Tuple
+from typing import Dict, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -58,6 +58,8 @@ class RTDETRv2(SingleStageDetector):
           -> neck (hybrid encoder): 3 maps of ``hidden_dim`` channels
           -> bbox_head.loss(...)     training: dict of losses
           -> bbox_head.predict(...)  inference: top-300 (label, score, xyxy box)
+          -> bbox_head.loss_and_predict(...)  validation loss: both, one forward
+             (:meth:`val_loss_and_predict`, ``RTDETRv2ValLoop(compute_loss=True)``)
 
     NOTE: mmdet's DINO/DeformableDETR classes are not subclassed: RT-DETR has
     no learned content queries, no padding masks and its encoder is a neck,
@@ -180,6 +182,68 @@ class RTDETRv2(SingleStageDetector):
             return model.predict(self._inference_layout(batch_inputs), batch_data_samples,
                                  rescale=rescale)
         return super().predict(batch_inputs, batch_data_samples, rescale=rescale)
+
+    def val_loss_and_predict(self, data: Union[dict, tuple, list]
+                             ) -> Tuple[Dict[str, Tensor], SampleList]:
+        """``val_step`` plus the loss of the same forward: what
+        ``RTDETRv2ValLoop(compute_loss=True)`` calls per batch.
+
+        Args:
+            data (dict): A batch from the val dataloader (``inputs`` and
+                ``data_samples``), preprocessed here as ``val_step`` does
+                (``data_preprocessor(data, False)``: no batch augmentation).
+
+        Returns:
+            tuple: the loss dict of :meth:`loss_and_predict` and the data
+            samples with ``pred_instances``, equal to what ``val_step``
+            returns.
+        """
+        data = self.data_preprocessor(data, False)
+        return self.loss_and_predict(data['inputs'], data['data_samples'])
+
+    def loss_and_predict(self, batch_inputs: Tensor, batch_data_samples: SampleList,
+                         rescale: bool = True) -> Tuple[Dict[str, Tensor], SampleList]:
+        """The loss and the predictions of ONE forward, run by
+        :meth:`inference_model` like :meth:`predict`.
+
+        In eval mode the predictions equal :meth:`predict`'s and the loss is
+        the training criterion on the same outputs without denoising
+        (``RTDETRv2Head.loss_and_predict``). With ``reparameterize`` (the
+        default) both come from the fused copy of the detector's CURRENT
+        weights (the EMA weights while ``RTDETRv2EMAHook`` has swapped them
+        in for validation): the same function as the detector in eval mode,
+        equal up to float rounding.
+
+        Args:
+            batch_inputs (Tensor): Images (B, 3, H, W).
+            batch_data_samples (list[DetDataSample]): With ``gt_instances``
+                (xyxy pixels of the network input).
+            rescale (bool): As :meth:`predict`.
+
+        Returns:
+            tuple: dict of loss terms (0-dim tensors) and the data samples
+            with ``pred_instances`` (xyxy pixels of the original image).
+
+        Raises:
+            ValueError: A data sample without ground truth (the val
+                pipeline has no ``LoadAnnotations``), naming the image.
+        """
+        for ds in batch_data_samples:
+            if 'bboxes' not in getattr(ds, 'gt_instances', {}):
+                raise ValueError(
+                    f'the validation loss needs ground-truth boxes, but image '
+                    f'{ds.metainfo.get("img_path", ds.metainfo.get("img_id", "?"))} has none '
+                    '(no gt_instances): add dict(type=\'LoadAnnotations\', with_bbox=True) '
+                    'to val_dataloader.dataset.pipeline before PackDetInputs, or set '
+                    'val_cfg.compute_loss=False')
+        model = self.inference_model()
+        if model is not self:
+            return model.loss_and_predict(self._inference_layout(batch_inputs),
+                                          batch_data_samples, rescale=rescale)
+        feats = self.extract_feat(batch_inputs)
+        losses, results = self.bbox_head.loss_and_predict(feats, batch_data_samples,
+                                                          rescale=rescale)
+        return losses, self.add_pred_to_datasample(batch_data_samples, results)
 
     def _forward(self, batch_inputs: Tensor, batch_data_samples: OptSampleList = None
                  ) -> Tuple[Tensor, Tensor]:

@@ -107,7 +107,8 @@ class RTDETRv2TransformerDecoder(nn.Module):
                 memory: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]],
                 bbox_heads: nn.ModuleList, score_heads: nn.ModuleList,
                 query_pos_head: nn.Module,
-                attn_mask: Optional[torch.Tensor] = None
+                attn_mask: Optional[torch.Tensor] = None,
+                all_layers: Optional[bool] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Run the layers, refining boxes after each one.
 
@@ -122,17 +123,23 @@ class RTDETRv2TransformerDecoder(nn.Module):
             query_pos_head (nn.Module): MLP from a cxcywh box to a position
                 embedding.
             attn_mask (Tensor, optional): Bool self-attention mask (Nq, Nq).
+            all_layers (bool, optional): Output every layer (L' = num_layers)
+                or only layer ``eval_idx`` (L' = 1); None: every layer in
+                training, ``eval_idx`` in eval. True in eval is the
+                validation loss (same values as training, without dropout).
 
         Returns:
             tuple[Tensor, Tensor]: Boxes (L', B, Nq, 4), cxcywh normalised, and
             class logits (L', B, Nq, num_classes); L' = num_layers in training,
-            1 (layer ``eval_idx``) in eval.
+            1 (layer ``eval_idx``) in eval (see ``all_layers``).
 
         NOTE: as in the official code (and unlike transformers), in training
         the boxes of layer i > 0 are computed from the *non-detached* boxes of
         layer i - 1, so the box loss of a layer also trains earlier layers.
         The values are identical; only gradients differ.
         """
+        if all_layers is None:
+            all_layers = self.training
         ref_boxes_detached = ref_boxes_logit.sigmoid()
         ref_boxes = ref_boxes_detached
         out_boxes, out_logits = [], []
@@ -143,7 +150,7 @@ class RTDETRv2TransformerDecoder(nn.Module):
                            attn_mask, query_pos)
             delta = bbox_heads[i](output)
             inter_boxes = torch.sigmoid(delta + inverse_sigmoid(ref_boxes_detached))
-            if self.training:
+            if all_layers:
                 out_logits.append(score_heads[i](output))
                 if i == 0:
                     out_boxes.append(inter_boxes)
