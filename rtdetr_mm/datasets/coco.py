@@ -19,6 +19,7 @@ from mmdet.registry import DATASETS
 from mmengine.fileio import get_local_path
 from mmengine.logging import print_log
 
+from .transforms import ImageLoadError, unreadable_image_error
 from .validation import (DatasetValidationError, ValidationReport, raise_on_errors,
                          sanitize_box, validate_coco)
 
@@ -43,7 +44,9 @@ class RTDETRv2CocoDataset(CocoDataset):
       dropped (mmdet keeps the unclipped box, and silently drops boxes whose
       ``area`` field is <= 0: here ``area`` is not used for training);
     * an exception in the pipeline is re-raised as
-      :class:`DatasetPipelineError` naming the image file and id.
+      :class:`DatasetPipelineError` naming the image file and id, and, when
+      the file itself is missing, empty or does not decode, why (caused by
+      an ``ImageLoadError``, whichever loader the pipeline uses).
 
     Images without objects stay in the dataset unless
     ``filter_cfg=dict(filter_empty_gt=True)`` asks otherwise.
@@ -145,9 +148,19 @@ class RTDETRv2CocoDataset(CocoDataset):
             raise
         except Exception as e:  # noqa: BLE001 - re-raised with the image named
             info = self.get_data_info(idx)
+            cause = e
+            if not isinstance(e, ImageLoadError):
+                # mmcv's LoadImageFromFile (our configs') does not say why
+                # the file cannot be read: the same message as
+                # RTDETRv2LoadImageFromFile's when the file is at fault
+                load_error = unreadable_image_error(info.get('img_path'), info.get('img_id'))
+                if load_error is not None:
+                    load_error.__cause__ = e
+                    cause = load_error
             raise DatasetPipelineError(
                 f'pipeline failed on image {info.get("img_path")!r} (image id '
-                f'{info.get("img_id")}) of {self.ann_file!r}: {type(e).__name__}: {e}') from e
+                f'{info.get("img_id")}) of {self.ann_file!r}: {type(cause).__name__}: '
+                f'{cause}') from cause
 
     def _log_report(self, report: ValidationReport) -> None:
         name = f'{type(self).__name__} {self.ann_file!r}'

@@ -367,10 +367,15 @@ def test_unreadable_image_fails_with_its_path(tmp_path, content):
         with pytest.raises(DatasetValidationError,
                            match=r"\[unreadable_image\] .*001\.png' \(image id 1\)"):
             build_dataset(ann_file, img_dir)
-    # the dataset names the image whatever transform fails (mmcv's loader here)
+    # the dataset names the image whatever transform fails, and with mmcv's
+    # loader (our configs') says why as RTDETRv2LoadImageFromFile does
     ds = build_dataset(ann_file, img_dir, check_image_files=False)
-    with pytest.raises(DatasetPipelineError, match=r"001\.png' \(image id 1\)"):
+    with pytest.raises(DatasetPipelineError, match=r"001\.png' \(image id 1\)") as exc:
         ds[0]
+    reason = 'the file is empty' if content == b'' else 'cannot be decoded as an image'
+    assert f"ImageLoadError: cannot load image file '{path}' (image id 1): {reason}" \
+        in str(exc.value), str(exc.value)
+    assert isinstance(exc.value.__cause__, ImageLoadError)
     # check_dataset's --verify-images finds it before training
     report, _ = validate_coco(ann_file, CLASSES, img_dir, verify_images=True)
     assert report.codes('error') == ['unreadable_image']

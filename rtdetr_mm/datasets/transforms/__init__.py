@@ -1,3 +1,3 @@
-from .loading import ImageLoadError, RTDETRv2LoadImageFromFile
+from .loading import ImageLoadError, RTDETRv2LoadImageFromFile, unreadable_image_error
 
-__all__ = ['ImageLoadError', 'RTDETRv2LoadImageFromFile']
+__all__ = ['ImageLoadError', 'RTDETRv2LoadImageFromFile', 'unreadable_image_error']
