@@ -8,8 +8,11 @@
 # mmdet's CocoDataset plus annotation checks when it is built (category names
 # vs metainfo.classes, unknown ids, missing image files, degenerate boxes
 # clipped or dropped with counts logged: rtdetr_mm/datasets/coco.py).
-# RTDETRv2LoadImageFromFile (training) is mmcv's loader, failing with the
-# image path.
+# Every pipeline loads with mmcv's LoadImageFromFile by name: mmdet's own
+# tools look for exactly that class (DetInferencer; analyze_results.py keeps
+# only it and LoadAnnotations of the train pipeline). The dataset names the
+# image file, its id and why it cannot be read (missing, empty, does not
+# decode) if it fails.
 dataset_type = 'RTDETRv2CocoDataset'
 data_root = 'data/coco/'
 backend_args = None  # file client arguments (None: local disk)
@@ -23,7 +26,7 @@ backend_args = None  # file client arguments (None: local disk)
 image_size = (640, 640)
 
 train_pipeline = [
-    dict(type='RTDETRv2LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     # torchvision RandomPhotometricDistort(p=0.5): brightness, contrast,
     # saturation, hue and a channel permutation are each applied with
@@ -80,7 +83,7 @@ train_pipeline = [
 # the same without PhotoMetricDistortion, Expand (zoom-out) and
 # MinIoURandomCrop, as the official `stop_epoch` policy.
 train_pipeline_no_strong_aug = [
-    dict(type='RTDETRv2LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
     dict(type='RandomFlip', prob=0.5),

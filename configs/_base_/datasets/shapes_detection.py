@@ -18,8 +18,11 @@
 # mmdet's CocoDataset plus annotation checks when it is built (category names
 # vs metainfo.classes, unknown ids, missing image files, degenerate boxes
 # clipped or dropped with counts logged: rtdetr_mm/datasets/coco.py).
-# RTDETRv2LoadImageFromFile (training) is mmcv's loader, failing with the
-# image path.
+# Every pipeline loads with mmcv's LoadImageFromFile by name: mmdet's own
+# tools look for exactly that class (DetInferencer; analyze_results.py keeps
+# only it and LoadAnnotations of the train pipeline). The dataset names the
+# image file, its id and why it cannot be read (missing, empty, does not
+# decode) if it fails.
 dataset_type = 'RTDETRv2CocoDataset'
 data_root = 'data/shapes/'  # made by tools/misc/make_demo_data.py (git-ignored)
 backend_args = None         # file client arguments (None: local disk)
@@ -38,7 +41,7 @@ metainfo = dict(classes=classes)
 image_size = (256, 256)
 
 train_pipeline = [
-    dict(type='RTDETRv2LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomFlip', prob=0.5),  # horizontal
     dict(type='Resize', scale=image_size[::-1], keep_ratio=False),

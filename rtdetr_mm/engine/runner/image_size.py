@@ -20,7 +20,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
 
-from rtdetr_mm.datasets.walk import loader_datasets, resize_steps, walk_datasets
+from rtdetr_mm.datasets.walk import (loader_datasets, resize_steps, walk_datasets,
+                                     walk_transforms)
 
 #: Largest feature stride of RT-DETRv2: sizes must be multiples of it.
 SIZE_DIVISOR = 32
@@ -77,6 +78,18 @@ def _pipelines(cfg: Config) -> List[Tuple[str, list]]:
     return found
 
 
+def _packs_inputs(pipeline: list, where: str) -> bool:
+    """Whether ``pipeline`` has a ``Pack...Inputs`` step (``PackDetInputs``:
+    what makes the model's inputs), at any depth."""
+    for _, step in walk_transforms(pipeline, where):
+        kind = step.get('type') if isinstance(step, dict) else None
+        name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+        name = name.split('.')[-1]
+        if name.startswith('Pack') and name.endswith('Inputs'):
+            return True
+    return False
+
+
 def apply_image_size(cfg: Config) -> Optional[Tuple[int, int]]:
     """Write ``cfg.image_size`` into the ``scale`` of every ``Resize`` step.
 
@@ -89,13 +102,20 @@ def apply_image_size(cfg: Config) -> Optional[Tuple[int, int]]:
 
     Raises:
         ValueError: invalid ``image_size`` (see :func:`check_image_size`), or
-            a train/val/test pipeline without a ``Resize`` step to apply it to.
+            a train/val/test pipeline without a ``Resize`` step to apply it to
+            (a pipeline that packs no model input, e.g. loading steps only,
+            is left alone).
     """
     if cfg.get('image_size') is None:
         return None
     height, width = check_image_size(cfg.image_size)
     for where, pipeline in _pipelines(cfg):
         steps = resize_steps(pipeline, where)
+        if not steps and not _packs_inputs(pipeline, where):
+            # NOTE: a pipeline that packs no model input feeds no model: mmdet's
+            # analyze_results.py reads the ground truth through the loading
+            # steps of the train pipeline alone (get_loading_pipeline)
+            continue
         if not steps:
             raise ValueError(f'image_size={cfg.image_size!r} is set but {where} has no Resize '
                              'step to apply it to; add one or set image_size=None')
