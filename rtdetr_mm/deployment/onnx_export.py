@@ -39,6 +39,7 @@ int64 indices (TensorRT computes them in int32) and the int64 ``labels``
 output (TensorRT < 10 returns int32). Invalid encoder anchors are +inf
 constants (only reached through ``sigmoid``); TensorRT accepts them.
 """
+import itertools
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -92,11 +93,13 @@ class RTDETRv2ONNXWrapper(nn.Module):
         # Model channel order = loading order (BGR) unless the preprocessor
         # converts it; the ONNX input is always RGB.
         self.rgb_to_model_order = not getattr(preprocessor, '_channel_conversion', False)
+        device = model_device(detector)
         if getattr(preprocessor, '_enable_normalize', False):
-            mean = preprocessor.mean.detach().float().reshape(1, -1, 1, 1)
-            std = preprocessor.std.detach().float().reshape(1, -1, 1, 1)
+            mean = preprocessor.mean.detach().float().reshape(1, -1, 1, 1).to(device)
+            std = preprocessor.std.detach().float().reshape(1, -1, 1, 1).to(device)
         else:
-            mean, std = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
+            mean = torch.zeros(1, 1, 1, 1, device=device)
+            std = torch.ones(1, 1, 1, 1, device=device)
         # images in [0, 1] -> (255 * images - mean) / std = images * scale + offset
         scale, offset = 255.0 / std, -mean / std
         self.identity_normalisation = bool(
@@ -236,11 +239,22 @@ def config_input_size(config: str) -> Tuple[int, int]:
     return check_image_size(size, key=f'{config}: the test pipeline\'s Resize scale')
 
 
-def example_inputs(batch: int, input_size: Tuple[int, int], seed: int = 0
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+def model_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); the CPU for
+    a module with neither."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    return torch.device('cpu')
+
+
+def example_inputs(batch: int, input_size: Tuple[int, int], seed: int = 0,
+                   device=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Deterministic inputs for tracing and checking: smooth random RGB
     images in [0, 1] with rectangles (B, 3, H, W) and their (w, h) original
-    sizes (B, 2) int64 (the input size scaled by 1.0, 1.5, 2.0, ...)."""
+    sizes (B, 2) int64 (the input size scaled by 1.0, 1.5, 2.0, ...).
+
+    Drawn on the CPU (the same values whatever the device), then moved to
+    ``device`` (default: the CPU)."""
     h, w = input_size
     gen = torch.Generator().manual_seed(seed)
     low = torch.rand(batch, 3, max(h // 16, 1), max(w // 16, 1), generator=gen)
@@ -256,6 +270,8 @@ def example_inputs(batch: int, input_size: Tuple[int, int], seed: int = 0
     images = (images + 0.02 * torch.randn(images.shape, generator=gen)).clamp(0, 1)
     factors = 1.0 + 0.5 * torch.arange(batch, dtype=torch.float64)
     sizes = torch.stack([w * factors, h * factors], 1).round().to(torch.int64)
+    if device is not None:
+        images, sizes = images.to(device), sizes.to(device)
     return images, sizes
 
 
@@ -291,7 +307,7 @@ def export_onnx(detector: nn.Module, out_file: str, input_size: Tuple[int, int],
         raise ValueError(f'batch must be >= 1, got {batch}')
     input_size = check_image_size(tuple(input_size), key='input_size')
     wrapper = RTDETRv2ONNXWrapper(detector, input_size).eval()
-    images, sizes = example_inputs(batch, input_size)
+    images, sizes = example_inputs(batch, input_size, device=model_device(detector))
     args = (images, sizes) if with_orig_target_sizes else (images, )
     input_names = list(INPUT_NAMES[:len(args)])
     output_names = list(wrapper.output_names)
@@ -334,12 +350,12 @@ def run_onnxruntime(onnx_file: str, images: torch.Tensor,
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(onnx_file, options, providers=['CPUExecutionProvider'])
-    feeds = {'images': images.numpy().astype(np.float32)}
+    feeds = {'images': images.detach().cpu().numpy().astype(np.float32)}
     graph_inputs = [i.name for i in session.get_inputs()]
     if 'orig_target_sizes' in graph_inputs:
         if orig_target_sizes is None:
             raise ValueError(f'{onnx_file} has an orig_target_sizes input: pass (B, 2) (w, h)')
-        feeds['orig_target_sizes'] = orig_target_sizes.numpy().astype(np.int64)
+        feeds['orig_target_sizes'] = orig_target_sizes.cpu().numpy().astype(np.int64)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds)))
 
@@ -348,10 +364,14 @@ def run_onnxruntime(onnx_file: str, images: torch.Tensor,
 def run_pytorch(detector: nn.Module, input_size: Tuple[int, int], images: torch.Tensor,
                 orig_target_sizes: Optional[torch.Tensor] = None) -> Dict[str, np.ndarray]:
     """The same end-to-end computation in PyTorch (same keys and shapes as
-    :func:`run_onnxruntime`)."""
+    :func:`run_onnxruntime`), on the detector's device: the inputs are moved
+    there, the outputs back to the host."""
     wrapper = RTDETRv2ONNXWrapper(detector, input_size).eval()
-    outputs = wrapper(images, orig_target_sizes)
-    return {name: out.numpy() for name, out in zip(wrapper.output_names, outputs)}
+    device = model_device(detector)
+    if orig_target_sizes is not None:
+        orig_target_sizes = orig_target_sizes.to(device)
+    outputs = wrapper(images.to(device), orig_target_sizes)
+    return {name: out.cpu().numpy() for name, out in zip(wrapper.output_names, outputs)}
 
 
 def compare_detections(ours: Dict[str, np.ndarray], ref: Dict[str, np.ndarray],

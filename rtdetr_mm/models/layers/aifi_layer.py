@@ -4,6 +4,8 @@ import torch.nn as nn
 from mmcv.cnn import build_activation_layer
 from mmdet.utils import ConfigType
 
+from .precision import clamp_fp16_overflow
+
 
 class AIFILayer(nn.Module):
     """Self-attention + FFN, each with residual and post-LayerNorm; names match
@@ -34,12 +36,17 @@ class AIFILayer(nn.Module):
 
     def forward(self, src: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
         """(B, N, hidden_dim) tokens and (1, N, hidden_dim) position embedding
-        -> (B, N, hidden_dim)."""
+        -> (B, N, hidden_dim).
+
+        NOTE: under fp16 the FFN residual is clamped to +-65504 before
+        ``norm2`` (the official code clamps in the decoder only; the GELU FFN
+        here overflows the same way; see
+        :func:`.precision.clamp_fp16_overflow`)."""
         q = k = src + pos_embed
         attended, _ = self.self_attn(q, k, value=src, need_weights=False)
         src = self.norm1(src + self.dropout1(attended))
         ffn = self.linear2(self.dropout(self.activation(self.linear1(src))))
-        return self.norm2(src + self.dropout2(ffn))
+        return self.norm2(clamp_fp16_overflow(src + self.dropout2(ffn)))
 
 
 class AIFIEncoder(nn.Module):

@@ -3,6 +3,8 @@ from typing import Sequence, Tuple
 
 import torch
 
+from .precision import compute_dtype, value_dtype
+
 
 def generate_anchors(spatial_shapes: Sequence[Tuple[int, int]],
                      grid_size: float = 0.05, eps: float = 1e-2,
@@ -15,13 +17,27 @@ def generate_anchors(spatial_shapes: Sequence[Tuple[int, int]],
         grid_size (float): Anchor width/height on level 0 (normalised).
         eps (float): Anchors with any coordinate outside (eps, 1 - eps) are
             invalid.
-        device, dtype: Of the returned anchors.
+        device: Of the returned anchors.
+        dtype (torch.dtype): Of the features the anchors go with. The anchors
+            and the mask are computed in fp32 at least (float64 for float64)
+            and the anchors returned in :func:`.precision.value_dtype`: fp32
+            when ``dtype`` is fp16 / bf16 only because autocast is on, else
+            ``dtype`` (a ``.half()`` model gets fp16 anchor logits, its valid
+            mask still computed in fp32).
 
     Returns:
         tuple[Tensor, Tensor]: ``anchors`` (1, sum(HW), 4): logits of cxcywh
         normalised boxes, ``+inf`` where invalid; ``valid_mask``
         (1, sum(HW), 1) bool.
+
+    NOTE: never computed in fp16 / bf16, and fp32 under autocast, as the
+    official code (fp32 anchors): in bf16 the last row and column of the
+    stride-16 map round onto ``1 - eps`` and turn invalid (75-95 tokens per image at 608-768 px), and the anchor
+    logits shift by up to 0.12, so an autocast run would train on other
+    tokens than its fp32 validation.
     """
+    out_dtype = value_dtype(dtype, device)
+    dtype = compute_dtype(out_dtype)
     all_anchors = []
     for level, (h, w) in enumerate(spatial_shapes):
         ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype),
@@ -33,4 +49,4 @@ def generate_anchors(spatial_shapes: Sequence[Tuple[int, int]],
     valid_mask = ((anchors > eps) & (anchors < 1 - eps)).all(-1, keepdim=True)
     anchors = torch.log(anchors / (1 - anchors))
     anchors = anchors.masked_fill(~valid_mask, float('inf'))
-    return anchors, valid_mask
+    return anchors.to(out_dtype), valid_mask

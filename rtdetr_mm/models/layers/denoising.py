@@ -11,6 +11,7 @@ from mmdet.models.layers.transformer import inverse_sigmoid
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
 
 from ..task_modules.assigners.batched_hungarian_assigner import MatchedPairs
+from .precision import compute_dtype
 
 
 #: Official denoising settings: the keys ``RTDETRv2Head``'s ``dn_cfg`` takes
@@ -97,7 +98,9 @@ def build_denoising_queries(
     Returns:
         tuple: ``(query_content (B, Ndn, d), query_boxes_logit (B, Ndn, 4),
         attn_mask (Ndn + num_queries,)*2 bool, True = blocked, meta)``, or all
-        ``None`` when ``num_denoising <= 0``.
+        ``None`` when ``num_denoising <= 0``. Content and box logits are in
+        the dtype of ``class_embed`` (fp32 under autocast; float64 for a
+        float64 model; the boxes at least fp32), on its device.
 
     NOTE: when the batch holds no GT at all we still build one group of two
     padding queries (label = padding, box = 0) instead of skipping
@@ -123,20 +126,24 @@ def build_denoising_queries(
         return None, None, None, None
     num_gts = [len(labels) for labels in gt_labels]
     device = class_embed.weight.device
+    # The box noise in the parameters' dtype (fp32 under autocast, float64
+    # for a float64 model), never below fp32.
+    dtype = compute_dtype(class_embed.weight.dtype)
     max_gt = max([0] + num_gts)  # (not max(default=): torch.compile traces this form)
     # Empty batch: one group of 2 padding queries (see NOTE above).
     num_groups = max(num_denoising // max_gt, 1) if max_gt else 1
     max_gt = max(max_gt, 1)
 
     query_class, query_boxes, pad_gt_mask, negative = _grouped_gts(
-        gt_labels, gt_boxes, num_classes, max_gt, num_groups, device)
+        gt_labels, gt_boxes, num_classes, max_gt, num_groups, device, dtype)
     # Group g's positives sit at g * 2 * max_gt + (0 .. n_i - 1): known on the host.
     group_starts = torch.arange(num_groups) * 2 * max_gt
     positive_idx = [(group_starts[:, None] + torch.arange(n)).flatten() for n in num_gts]
     num_dn = 2 * max_gt * num_groups
 
     if label_noise_ratio > 0:
-        query_class = _noisy_labels(query_class, pad_gt_mask, num_classes, label_noise_ratio)
+        query_class = _noisy_labels(query_class, pad_gt_mask, num_classes, label_noise_ratio,
+                                    dtype)
     if box_noise_scale > 0:
         query_boxes = _noisy_boxes(query_boxes, negative, box_noise_scale)
     boxes_logit = inverse_sigmoid(query_boxes)
@@ -148,35 +155,39 @@ def build_denoising_queries(
 
 
 def _grouped_gts(gt_labels: Sequence[torch.Tensor], gt_boxes: Sequence[torch.Tensor],
-                 num_classes: int, max_gt: int, num_groups: int, device: torch.device
+                 num_classes: int, max_gt: int, num_groups: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """GTs padded to ``max_gt`` per image and repeated ``2 * num_groups``
     times (every group = max_gt positives, then max_gt negatives).
 
     Returns:
         tuple: labels (B, Ndn) long (padding label ``num_classes``); cxcywh
-        boxes (B, Ndn, 4) (padding 0); real-GT mask (B, Ndn) bool; negative
-        mask (B, Ndn, 1) float, 1 on negatives. Ndn = 2 * max_gt * num_groups.
+        boxes (B, Ndn, 4) in ``dtype`` (padding 0); real-GT mask (B, Ndn)
+        bool; negative mask (B, Ndn, 1) in ``dtype``, 1 on negatives.
+        Ndn = 2 * max_gt * num_groups.
     """
     bs = len(gt_labels)
     pad = [0, max_gt - max([0] + [len(labels) for labels in gt_labels])]
     query_class = F.pad(pad_sequence(list(gt_labels), batch_first=True, padding_value=num_classes),
                         pad, value=num_classes).to(device=device, dtype=torch.long)
     query_boxes = F.pad(pad_sequence(list(gt_boxes), batch_first=True), [0, 0] + pad)
-    query_boxes = query_boxes.to(device=device, dtype=torch.float32)
+    query_boxes = query_boxes.to(device=device, dtype=dtype)
     num_gts = torch.tensor([len(labels) for labels in gt_labels]).to(device)
     pad_gt_mask = torch.arange(max_gt, device=device) < num_gts[:, None]
-    negative = torch.zeros((bs, 2 * max_gt, 1), device=device)
+    negative = torch.zeros((bs, 2 * max_gt, 1), device=device, dtype=dtype)
     negative[:, max_gt:] = 1
     return (query_class.tile(1, 2 * num_groups), query_boxes.tile(1, 2 * num_groups, 1),
             pad_gt_mask.tile(1, 2 * num_groups), negative.tile(1, num_groups, 1))
 
 
 def _noisy_labels(query_class: torch.Tensor, pad_gt_mask: torch.Tensor, num_classes: int,
-                  label_noise_ratio: float) -> torch.Tensor:
+                  label_noise_ratio: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Replace each real GT label (B, Ndn) by a uniformly drawn class with
-    probability ``label_noise_ratio / 2``; padding keeps its label."""
-    flip = torch.rand(query_class.shape, device=query_class.device) < label_noise_ratio * 0.5
+    probability ``label_noise_ratio / 2`` (drawn in ``dtype``); padding keeps
+    its label."""
+    flip = torch.rand(query_class.shape, device=query_class.device,
+                      dtype=dtype) < label_noise_ratio * 0.5
     random_labels = torch.randint_like(query_class, 0, num_classes)
     return torch.where(flip & pad_gt_mask, random_labels, query_class)
 

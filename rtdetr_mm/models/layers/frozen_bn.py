@@ -32,9 +32,18 @@ class FrozenBatchNorm2d(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W) in ``x.dtype``.
+
+        NOTE: scale and shift are computed in the buffers' dtype (fp32) and
+        cast to ``x.dtype``, so an fp16 / bf16 activation stays fp16 / bf16
+        (torchvision's ``FrozenBatchNorm2d`` and the official one promote it
+        to fp32, which makes every following conv under autocast cast it
+        back).
+        """
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
-        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        return (x * scale.to(x.dtype).reshape(1, -1, 1, 1)
+                + shift.to(x.dtype).reshape(1, -1, 1, 1))
 
     @classmethod
     def from_batch_norm(cls, bn: nn.BatchNorm2d) -> 'FrozenBatchNorm2d':

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .precision import compute_dtype
+
 
 def ms_deform_attn_v2_core(value: torch.Tensor,
                            spatial_shapes: Sequence[Tuple[int, int]],
@@ -55,6 +57,12 @@ def ms_deform_attn_v2_core(value: torch.Tensor,
     # (B*heads, num_queries, sum(P), 2) split per level.
     grids = grids.permute(0, 2, 1, 3, 4).flatten(0, 1).split(list(num_points_list), dim=-2)
 
+    if method == 'discrete':
+        # (w, h) of every level, one tensor per call; at least fp32 so that
+        # the pixel index is exact (a bf16 grid times the map size would be
+        # rounded to 8 bits; the official code multiplies in the grid's dtype)
+        level_scales = torch.tensor([[w, h] for h, w in spatial_shapes], device=value.device,
+                                    dtype=compute_dtype(grids[0].dtype))
     sampled = []
     for level, (h, w) in enumerate(spatial_shapes):
         value_l = value_list[level].reshape(bs * num_heads, head_dim, h, w)
@@ -64,7 +72,7 @@ def ms_deform_attn_v2_core(value: torch.Tensor,
             sampled.append(F.grid_sample(value_l, grid_l, mode='bilinear',
                                          padding_mode='zeros', align_corners=False))
         else:
-            scale = torch.tensor([w, h], device=value.device, dtype=grid_l.dtype)
+            scale = level_scales[level]
             coord = (grid_l * scale + 0.5).to(torch.int64)
             x = coord[..., 0].clamp(0, w - 1)
             y = coord[..., 1].clamp(0, h - 1)

@@ -4,6 +4,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .precision import upcast
+
 
 def topk_detections(cls_logits: torch.Tensor, boxes_cxcywh: torch.Tensor,
                     sizes_wh: torch.Tensor, num_classes: int, max_per_img: int,
@@ -27,18 +29,19 @@ def topk_detections(cls_logits: torch.Tensor, boxes_cxcywh: torch.Tensor,
 
     Returns:
         tuple[Tensor, Tensor, Tensor]: ``labels`` (B, K) int64, ``boxes``
-        (B, K, 4) xyxy pixels, ``scores`` (B, K) float32, sorted by score.
+        (B, K, 4) xyxy pixels, ``scores`` (B, K), sorted by score; boxes and
+        scores in fp32 (float64 for float64 inputs: at least fp32).
 
     NOTE: like the official post-processor and unlike mmdet's DETR heads,
     boxes are not clipped to the image. The query index is the truncating
     division of the flat index by C (equal to the floor: indices are >= 0),
     one integer Div in ONNX.
     """
-    scores = cls_logits.float().sigmoid().flatten(1)
+    scores = upcast(cls_logits).sigmoid().flatten(1)
     top_scores, top_idx = scores.topk(min(max_per_img, scores.shape[1]), dim=1)
     query_idx = torch.div(top_idx, num_classes, rounding_mode='trunc')
     labels = top_idx - query_idx * num_classes
-    picked = boxes_cxcywh.float().gather(1, query_idx.unsqueeze(-1).repeat(1, 1, 4))
+    picked = upcast(boxes_cxcywh).gather(1, query_idx.unsqueeze(-1).repeat(1, 1, 4))
     centre, size = picked[..., :2], picked[..., 2:]
     xyxy = torch.cat([centre - 0.5 * size, centre + 0.5 * size], -1)
     xyxy = xyxy * sizes_wh.to(xyxy.dtype).repeat(1, 2).unsqueeze(1)

@@ -9,6 +9,7 @@ from mmdet.models.layers.transformer import inverse_sigmoid
 from mmdet.utils import ConfigType
 
 from .ms_deform_attn_v2 import MSDeformableAttentionV2
+from .precision import clamp_fp16_overflow
 
 
 class RTDETRv2DecoderLayer(nn.Module):
@@ -67,6 +68,10 @@ class RTDETRv2DecoderLayer(nn.Module):
 
         Returns:
             Tensor: Updated queries, shape (B, Nq, hidden_dim).
+
+        NOTE: under fp16 (autocast or an fp16 model) the FFN residual is
+        clamped to +-65504 before ``norm3``, as the official code (which
+        clamps in every dtype; see :func:`.precision.clamp_fp16_overflow`).
         """
         q = k = target + query_pos
         attended, _ = self.self_attn(q, k, value=target, attn_mask=attn_mask,
@@ -78,7 +83,9 @@ class RTDETRv2DecoderLayer(nn.Module):
         target = self.norm2(target + self.dropout2(attended))
 
         ffn = self.linear2(self.dropout3(self.activation(self.linear1(target))))
-        return self.norm3(target + self.dropout4(ffn))
+        # fp16 only: an overflowing FFN would make norm3 return NaN
+        # (official fix, lyuwenyu/RT-DETR PR #464; see clamp_fp16_overflow).
+        return self.norm3(clamp_fp16_overflow(target + self.dropout4(ffn)))
 
 
 class RTDETRv2TransformerDecoder(nn.Module):

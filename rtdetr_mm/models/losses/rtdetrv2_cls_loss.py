@@ -7,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmdet.registry import MODELS
 
+from ..layers.precision import upcast
+
 _DEFAULT_ALPHA_GAMMA = {'vfl': (0.75, 2.0), 'focal': (0.25, 2.0)}
 
 
@@ -96,7 +98,7 @@ class RTDETRv2ClassificationLoss(nn.Module):
             Tensor: The loss summed over queries and classes, shape (...)
             (a scalar for (N, C) logits).
         """
-        cls_score = cls_score.float()  # the loss is always computed in fp32
+        cls_score = upcast(cls_score)  # at least fp32 (float64 stays float64)
         num_classes = cls_score.shape[-1]
         # NOTE: not F.one_hot, which reads the labels' min and max on the host
         # (CPU); a comparison gives the same one-hot with no host read.

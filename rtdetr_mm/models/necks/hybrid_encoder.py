@@ -15,6 +15,7 @@ from ..layers.aifi_layer import AIFIEncoder
 from ..layers.conv_norm import ConvNormLayer
 from ..layers.csp_rep_layer import CSPRepLayer
 from ..layers.positional_encoding import build_2d_sincos_position_embedding
+from ..layers.precision import value_dtype
 from ..layers.reparameterize import reparameterize_
 
 
@@ -84,10 +85,15 @@ class RTDETRv2HybridEncoder(BaseModule):
         self.pan_blocks = nn.ModuleList(csp() for _ in fusions)
 
     def _pos_embed(self, h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
-        key = (h, w, ref.device, ref.dtype)
+        """(1, h*w, hidden_dim) position embedding on ``ref``'s device, in
+        ``value_dtype`` of ``ref``: fp32 under fp16 / bf16 autocast (as the
+        official code), else ``ref.dtype`` (float64 for a float64 model);
+        cached by size, device and that dtype."""
+        dtype = value_dtype(ref.dtype, ref.device)
+        key = (h, w, ref.device, dtype)
         if key not in self._pos_cache:
             self._pos_cache[key] = build_2d_sincos_position_embedding(
-                w, h, self.hidden_dim, self.pe_temperature, device=ref.device).to(ref.dtype)
+                w, h, self.hidden_dim, self.pe_temperature, device=ref.device, dtype=dtype)
         return self._pos_cache[key]
 
     def forward(self, feats: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:

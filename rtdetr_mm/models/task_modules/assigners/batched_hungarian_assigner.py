@@ -12,6 +12,8 @@ from mmdet.registry import TASK_UTILS
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps
 from scipy.optimize import linear_sum_assignment
 
+from ...layers.precision import upcast
+
 #: Cost that replaces a non-finite entry before scipy sees it (see the NOTE
 #: of :meth:`RTDETRv2HungarianAssigner.match_batch`).
 NONFINITE_COST = 1e8
@@ -98,10 +100,10 @@ class RTDETRv2HungarianAssigner(HungarianAssigner):
             gt_boxes (Tensor): (B, G, 4) cxcywh normalised, padded alike.
 
         Returns:
-            Tensor: (S, B, Nq, G) fp32 cost.
+            Tensor: (S, B, Nq, G) cost, fp32 (float64 for float64 inputs).
         """
-        cls_scores, bbox_preds = cls_scores.float(), bbox_preds.float()
-        gt_boxes = gt_boxes.float()
+        cls_scores, bbox_preds = upcast(cls_scores), upcast(bbox_preds)
+        gt_boxes = upcast(gt_boxes)
         num_stages = cls_scores.shape[0]
         total = 0
         for cost in self.match_costs:
