@@ -41,15 +41,40 @@ class NonFiniteWeightsError(RuntimeError):
 def nonfinite_terms(log_vars: Dict[str, torch.Tensor]) -> List[str]:
     """``'name=value'`` of the loss terms (keys containing ``'loss'``, as
     ``BaseModel.parse_losses`` sums them) that are NaN or infinite; the
-    terms first, their sum ``loss`` last."""
-    bad = []
+    terms first, their sum ``loss`` last.
+
+    Every term's finiteness and mean are computed on the device and read on
+    the host in ONE copy (not one ``bool(isfinite)`` per term: on a GPU each
+    would wait for the device)."""
+    names, values = [], []
     for name, value in log_vars.items():
         if 'loss' not in name:
             continue
-        value = value.detach() if torch.is_tensor(value) else torch.as_tensor(value)
-        if not bool(torch.isfinite(value).all()):
-            bad.append(f'{name}={value.float().mean().item()}')
+        names.append(name)
+        values.append(value.detach() if torch.is_tensor(value) else torch.as_tensor(value))
+    if not values:
+        return []
+    device = next((v.device for v in values if v.device.type != 'cpu'), values[0].device)
+    # (N, 2): finite flag and mean of each term, in one host read
+    rows = torch.stack([torch.stack([torch.isfinite(v).all().float(), v.float().mean()])
+                        for v in (v.to(device) for v in values)])
+    bad = [f'{name}={mean}' for name, (finite, mean) in zip(names, rows.tolist())
+           if not finite]
     return sorted(bad, key=lambda term: term.startswith('loss='))
+
+
+def nonfinite_entries(state_dict: Dict[str, torch.Tensor]) -> List[str]:
+    """Keys of the floating-point tensors of ``state_dict`` that hold NaN or
+    inf, in order; one host read per device (not one per tensor)."""
+    by_device: Dict[torch.device, List[str]] = {}
+    for key, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            by_device.setdefault(value.device, []).append(key)
+    bad = set()
+    for keys in by_device.values():
+        finite = torch.stack([torch.isfinite(state_dict[k]).all() for k in keys]).tolist()
+        bad.update(k for k, ok in zip(keys, finite) if not ok)
+    return [key for key in state_dict if key in bad]
 
 
 @HOOKS.register_module()
@@ -142,12 +167,8 @@ class RTDETRv2NonFiniteLossHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if not self.check_checkpoints:
             return
-        bad = []
-        for part in ('state_dict', 'ema_state_dict'):
-            for key, value in (checkpoint.get(part) or {}).items():
-                if torch.is_tensor(value) and value.is_floating_point() and \
-                        not bool(torch.isfinite(value).all()):
-                    bad.append(f'{part}.{key}')
+        bad = [f'{part}.{key}' for part in ('state_dict', 'ema_state_dict')
+               for key in nonfinite_entries(checkpoint.get(part) or {})]
         if bad:
             raise NonFiniteWeightsError(
                 f'refusing to write a checkpoint at iteration {runner.iter}: {len(bad)} tensors '
@@ -155,4 +176,4 @@ class RTDETRv2NonFiniteLossHook(Hook):
 
 
 __all__ = ['RTDETRv2NonFiniteLossHook', 'NonFiniteLossError', 'NonFiniteWeightsError',
-           'agree_nonfinite', 'nonfinite_terms']
+           'agree_nonfinite', 'nonfinite_entries', 'nonfinite_terms']
