@@ -57,6 +57,16 @@ default_hooks = dict(
              warmup_steps=None,    # None: follow the LR warm-up
              update_buffers=True))  # average BN statistics too, as official
 
+# SyncBN for every model size, as the official runtime (`sync_bn: True`):
+# with a launcher (several GPUs) mmengine turns every trainable BatchNorm
+# (encoder, the head's input projections; the backbone's where it trains,
+# r18/r34) into torch.nn.SyncBatchNorm, so batch statistics are taken over
+# all GPUs and the ranks' running statistics stay equal. No effect in a
+# single non-distributed process; ignored on CPU (gloo,
+# rtdetr_mm/engine/dist.py), where SyncBN cannot run and each rank uses the
+# statistics of its own batch.
+sync_bn = 'torch'
+
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

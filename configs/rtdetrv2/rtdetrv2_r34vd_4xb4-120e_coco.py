@@ -20,13 +20,8 @@ optim_wrapper = dict(
         dict(regex=r'^(neck|bbox_head)\..*(norm|bn|bias)', decay_mult=0.0),
     ]))
 
-# SyncBN as the official recipe (`sync_bn: True`): with a launcher (several
-# GPUs) mmengine turns every trainable BatchNorm (backbone, which trains here,
-# and encoder) into torch.nn.SyncBatchNorm, so batch statistics are taken over
-# all GPUs. No effect in a single process; ignored on CPU (gloo,
-# rtdetr_mm/engine/dist.py), where SyncBN cannot run and each rank uses the
-# statistics of its own batch.
-sync_bn = 'torch'
+# sync_bn = 'torch' comes from configs/_base_/default_runtime.py (every size);
+# here it also covers the backbone's BN, which trains in this recipe.
 
 # Strong augmentation and multi-scale stop 3 epochs before the end (official
 # policy epoch = max_epochs - 3).
