@@ -1,11 +1,15 @@
-# make install | make test | make demo
+# make install | make test | make demo | make selfcheck
 # PYTHON selects the interpreter (and so the environment) to install into.
 PYTHON ?= python
 PYTEST_TIMEOUT ?= 600
 export PYTHON
 
-.PHONY: install test test-random test-isolated mutation-check demo
+.PHONY: install test test-random test-isolated mutation-check demo selfcheck
 
+# Keeps an installed torch within 2.4..2.13.x; only a missing one is installed
+# (TORCH_VARIANT=cpu|cu126|... picks the build). MMCV_WITH_CUDA=0|1 and
+# TORCH_CUDA_ARCH_LIST steer the mmcv build; INSTALL_DRY_RUN=1 prints the
+# plan (tools/dev/install_plan.py) and changes nothing.
 install:
 	bash tools/install.sh
 
@@ -36,3 +40,9 @@ mutation-check: install
 
 demo: install
 	$(PYTHON) tools/demo.py
+
+# Does this installation train, infer and export on this device? PASS / FAIL /
+# SKIP per item, exit 1 on a FAIL (tools/misc/selfcheck.py).
+# DEVICE=cuda|cpu (default: cuda when a GPU is visible), OUT=report.json.
+selfcheck: install
+	$(PYTHON) tools/misc/selfcheck.py $(if $(DEVICE),--device $(DEVICE)) $(if $(OUT),--out $(OUT))
