@@ -551,10 +551,9 @@ def run_benchmark(work_dir: str, steps: int, seeds: Sequence[int],
         for key in ('b', 'c'):
             check_init_fits(init, configs[key])
         for arm in ARMS[1:]:
-            wall = train_arm([py, tool('train.py'), configs[arm.key], '--work-dir',
-                              dirs[arm.key], '--cfg-options', f'load_from={init}',
-                              f'randomness.seed={seed}'], f'arm {arm.key}, seed {seed}',
-                             dirs[arm.key])
+            argv = [py, tool('train.py'), configs[arm.key], '--work-dir', dirs[arm.key],
+                    '--cfg-options', f'load_from={init}', f'randomness.seed={seed}']
+            wall = train_arm(argv, f'arm {arm.key}, seed {seed}', dirs[arm.key])
             runs.append(read_mm_run(arm.key, dirs[arm.key], seed, wall, budgets[arm.key]))
 
     wrong = [f'{r.arm} seed {r.seed}: {r.steps}' for r in runs if r.steps != steps]

@@ -419,6 +419,20 @@ MUTATIONS = [
              [(SEED_MIGRATION, 'bases = dict(b=seed_config, c=demo_config)',
                'bases = dict(b=demo_config, c=demo_config)')],
              [f'{SEED_MIGRATION_TESTS}::test_arm_b_runs_the_seed_script_values']),
+    # ------------------------------------------------- early stopping (14)
+    Mutation('early-stop-ignored-inside-an-epoch',
+             'a stop asked at a validation inside an epoch ends the run there',
+             [('rtdetr_mm/engine/loops/epoch_loop.py',
+               '            self.run_iter(idx, data_batch)\n            if self._stopped_in_epoch:\n'
+               '                return\n', '            self.run_iter(idx, data_batch)\n')],
+             ['tests/test_engine/test_hooks/test_early_stopping.py::'
+              'test_stop_inside_an_epoch_with_fractional_val_interval']),
+    Mutation('early-stop-drops-the-aug-switch-epochs',
+             'an early stop before the aug switch still trains the last N epochs plain',
+             [('rtdetr_mm/engine/loops/epoch_loop.py',
+               '        tail = self._epochs_before_switch_end()\n', '        tail = 0\n')],
+             ['tests/test_engine/test_hooks/test_early_stopping.py::'
+              'test_stop_before_the_aug_switch_keeps_the_last_epochs']),
     # ------------------------------------------------------ test hygiene
     Mutation('converter-imports-installed-package',
              'every tool runs the checkout it lives in (issue 9 hole 5)',
