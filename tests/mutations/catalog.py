@@ -433,6 +433,19 @@ MUTATIONS = [
                '        tail = self._epochs_before_switch_end()\n', '        tail = 0\n')],
              ['tests/test_engine/test_hooks/test_early_stopping.py::'
               'test_stop_before_the_aug_switch_keeps_the_last_epochs']),
+    # ------------------------------------------------- validation loss (14)
+    Mutation('val-loss-unweighted', 'the val loss is the batch-size-weighted mean over the set',
+             [('rtdetr_mm/engine/loops/val_loop.py',
+               '            self._loss_sums += values * batch_size\n',
+               '            self._loss_sums += values * 4\n')],
+             ['tests/test_engine/test_loops/test_val_loss.py::'
+              'test_val_loss_equals_the_heads_training_loss']),
+    Mutation('val-loss-window-averaged', 'val/loss in scalars.json is that validation\'s value',
+             [('configs/_base_/default_runtime.py',
+               "                     mean_pattern=r'^(?!val/).*(loss|time|data_time|grad_norm)')",
+               "                     mean_pattern=r'.*(loss|time|data_time|grad_norm)')")],
+             ['tests/test_engine/test_loops/test_val_loss.py::'
+              'test_train_run_logs_val_loss_next_to_map']),
     # ------------------------------------------------------ test hygiene
     Mutation('converter-imports-installed-package',
              'every tool runs the checkout it lives in (issue 9 hole 5)',
