@@ -36,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument('--size', type=int, default=640,
                         help='image side of the forward/backward and inference items (640)')
     parser.add_argument('--step-size', type=int,
-                        help='image side of the training steps (640 on cuda, 320 on cpu)')
+                        help='image side of the training steps (640 on cuda, 160 on cpu)')
     parser.add_argument('--quick', action='store_true',
                         help=f'a fast smoke run (the tests use it): {QUICK["size"]}² / '
                         f'{QUICK["step_size"]}² images, {QUICK["steps"]} steps, a small model '
