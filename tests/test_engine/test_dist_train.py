@@ -88,8 +88,8 @@ class RecordingRTDETRv2Head(RTDETRv2Head):
         super().__init__(**kwargs)
         self.normalisers = []
 
-    def _num_boxes(self, local_count, device):
-        value = super()._num_boxes(local_count, device)
+    def _num_boxes(self, local_count, device, dtype):
+        value = super()._num_boxes(local_count, device, dtype)
         self.normalisers.append((int(local_count), float(value)))
         return value
 

@@ -8,9 +8,9 @@
   default dtype) or a ``.float()`` inside would show up; none may.
   Our layers' path (backbone, neck, head forward with denoising and
   anchors, the batched matcher, the classification loss, the
-  post-processor, backward) is checked as a whole; the detector's full
-  ``loss`` / ``predict`` also run the head's own loss and prediction code
-  (strict xfail until the change in its reason is made there).
+  post-processor, backward) is checked as a whole, and so are the
+  detector's full ``loss`` / ``predict`` (the head's own loss and
+  prediction code).
 - device: the same model moved to the ``meta`` device runs on meta inputs:
   a tensor created on the CPU (no ``device=``) and combined with a meta
   tensor raises, so every creation must follow its inputs' device. Data
@@ -119,11 +119,6 @@ def test_float64_model_stays_float64_through_our_layers(model):
     assert not recorder.other, dict(recorder.other)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'the head\'s own loss / predict code (rtdetr_mm/models/dense_heads/, not changed in this '
-    'change) still makes fp32 tensors: _loss_terms and _match ".float()", targets.boxes '
-    '".float()", targets.scales / _num_boxes / predict_by_feat sizes built as float32; '
-    'see the gpufix report for the exact change; then drop this marker'))
 def test_float64_model_full_loss_and_predict(model):
     model64 = copy.deepcopy(model).double().train()
     images, samples, _, _ = _batch(torch.float64)

@@ -17,6 +17,7 @@ from mmengine.structures import InstanceData
 from torch.profiler import record_function
 
 from ..layers.anchors import generate_anchors
+from ..layers.precision import compute_dtype, value_dtype
 from ..layers.conv_norm import ConvNormLayer
 from ..layers.denoising import (DN_CFG_DEFAULTS, DenoisingMeta, build_denoising_queries,
                                 resolve_dn_cfg)
@@ -293,11 +294,13 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Anchors for these feature sizes, cached per (shapes, device, dtype) so
         any input size works (no fixed ``eval_spatial_size``)."""
-        key = (tuple(spatial_shapes), ref.device, ref.dtype)
+        # fp32 under autocast (the parameters' dtype), else ``ref``'s dtype
+        dtype = value_dtype(ref.dtype, ref.device)
+        key = (tuple(spatial_shapes), ref.device, dtype)
         if key not in self._anchor_cache:
             self._anchor_cache[key] = generate_anchors(
                 spatial_shapes, self.anchor_grid_size, self.anchor_eps,
-                device=ref.device, dtype=ref.dtype)
+                device=ref.device, dtype=dtype)
         return self._anchor_cache[key]
 
     def _select_queries(self, memory: torch.Tensor, spatial_shapes: List[Tuple[int, int]],
@@ -407,11 +410,12 @@ class RTDETRv2Head(RTDETRv2HeadLossMixin, BaseModule):
         """
         sizes = [meta.get('batch_input_shape', meta['img_shape'])[:2]
                  for meta in batch_img_metas]
-        sizes_wh = cls_scores.new_tensor([[w, h] for h, w in sizes], dtype=torch.float32)
+        dtype = compute_dtype(cls_scores.dtype)
+        sizes_wh = cls_scores.new_tensor([[w, h] for h, w in sizes], dtype=dtype)
         scale_factors = None
         if rescale and all('scale_factor' in meta for meta in batch_img_metas):
             scale_factors = cls_scores.new_tensor(
-                [meta['scale_factor'] for meta in batch_img_metas], dtype=torch.float32)
+                [meta['scale_factor'] for meta in batch_img_metas], dtype=dtype)
         labels, boxes, scores = topk_detections(cls_scores, bbox_preds, sizes_wh,
                                                 self.num_classes, self.max_per_img,
                                                 scale_factors)

@@ -12,6 +12,7 @@ from mmdet.utils import reduce_mean
 from mmengine.structures import InstanceData
 from torch.profiler import record_function
 
+from ..layers.precision import compute_dtype, upcast
 from ..task_modules.assigners.batched_hungarian_assigner import MatchedPairs
 
 if TYPE_CHECKING:
@@ -94,12 +95,13 @@ class RTDETRv2HeadLossMixin:
                 of each image, to compute GIoU in pixels.
         """
         device = outs.cls_scores.device
+        dtype = compute_dtype(outs.cls_scores.dtype)   # fp32, float64 for a float64 model
         num_gts = [len(labels) for labels in gt_labels]
-        num_boxes = self._num_boxes(sum(num_gts), device)
+        num_boxes = self._num_boxes(sum(num_gts), device, dtype)
         targets = _Targets(labels=torch.cat(gt_labels),
-                           boxes=torch.cat(gt_boxes).float(),
+                           boxes=torch.cat(gt_boxes).to(dtype),
                            scales=torch.tensor([[w, h, w, h] for h, w in input_shapes],
-                                               dtype=torch.float32).to(device))
+                                               dtype=dtype, device=device))
         num_layers = outs.cls_scores.shape[0]
         prefixes = [f'd{layer}.' for layer in range(num_layers - 1)] + ['']
         cls_scores, bbox_preds = outs.cls_scores, outs.bbox_preds
@@ -121,10 +123,11 @@ class RTDETRv2HeadLossMixin:
                                                dn_prefixes))
         return losses
 
-    def _num_boxes(self, local_count: int, device: torch.device) -> torch.Tensor:
+    def _num_boxes(self, local_count: int, device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
         """GT boxes averaged over ranks, at least 1 (official normaliser): a
-        0-dim tensor on ``device``, never read on the host."""
-        count = torch.tensor(float(local_count)).to(device)
+        0-dim ``dtype`` tensor on ``device``, never read on the host."""
+        count = torch.tensor(float(local_count), dtype=dtype, device=device)
         return reduce_mean(count).clamp(min=1)
 
     @torch.no_grad()
@@ -158,9 +161,9 @@ class RTDETRv2HeadLossMixin:
             for i, (labels, boxes) in enumerate(zip(gt_labels, gt_boxes)):
                 h, w = input_shapes[i]
                 scale = boxes.new_tensor([w, h, w, h])
-                pred = InstanceData(scores=cls_scores[stage, i].float(),
-                                    bboxes=bbox_cxcywh_to_xyxy(bbox_preds[stage, i].float()) * scale)
-                gt = InstanceData(labels=labels, bboxes=bbox_cxcywh_to_xyxy(boxes.float()) * scale)
+                pred = InstanceData(scores=upcast(cls_scores[stage, i]),
+                                    bboxes=bbox_cxcywh_to_xyxy(upcast(bbox_preds[stage, i])) * scale)
+                gt = InstanceData(labels=labels, bboxes=bbox_cxcywh_to_xyxy(upcast(boxes)) * scale)
                 result = self.assigner.assign(pred, gt, img_meta=dict(img_shape=(h, w)))
                 query = torch.nonzero(result.gt_inds > 0, as_tuple=False).squeeze(1).cpu()
                 gt_idx = result.gt_inds[query].cpu() - 1 + gt_offsets[i]
@@ -186,9 +189,10 @@ class RTDETRv2HeadLossMixin:
             prefixes (list[str]): Key prefix of each output (``''``,
                 ``'d0.'``, ``'enc_'``, ``'dn_'``...), length S.
 
-        NOTE: losses are computed in fp32 whatever the autocast dtype.
+        NOTE: losses are computed in at least fp32 whatever the autocast
+        dtype (float64 for a float64 model).
         """
-        cls_scores, bbox_preds = cls_scores.float(), bbox_preds.float()
+        cls_scores, bbox_preds = upcast(cls_scores), upcast(bbox_preds)
         num_stages, bs, num_preds, _ = cls_scores.shape
         pred_boxes = bbox_preds[pairs.stage, pairs.batch, pairs.query]
         target_boxes = targets.boxes[pairs.gt]
