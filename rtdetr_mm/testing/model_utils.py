@@ -19,6 +19,20 @@ def build_model(config: str = R18, **head_overrides):
     return MODELS.build(cfg.model)
 
 
+def save_random_checkpoint(config: str, path: str, classes, seed: int = 0) -> torch.nn.Module:
+    """Build ``config``'s model with random weights (``torch.manual_seed(seed)``)
+    and save it to ``path`` as a checkpoint whose ``meta.dataset_meta`` holds
+    ``classes`` (what ``tools/test.py`` and the inference tools read);
+    returns the model."""
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    torch.manual_seed(seed)
+    model = MODELS.build(Config.fromfile(config).model)
+    torch.save(dict(state_dict=model.state_dict(),
+                    meta=dict(dataset_meta=dict(classes=tuple(classes)))), path)
+    return model
+
+
 def data_samples(boxes_xyxy, labels, shape):
     """DetDataSamples with GT boxes (xyxy pixels of the input) and metas."""
     samples = []

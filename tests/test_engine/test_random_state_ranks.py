@@ -22,10 +22,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from rtdetr_mm.engine.hooks.random_state_hook import (CKPT_KEY, RTDETRv2RandomStateHook,
                                                       capture_rng_state, select_rng_state)
+from rtdetr_mm.testing.ranks import run_two_ranks
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -76,20 +76,8 @@ def _worker(rank, init_file, out_dir):
 def test_each_rank_resumes_with_its_own_streams(tmp_path):
     # fork: the ranks inherit the imported modules (spawn re-imports mmdet in
     # each, ~40 s a rank on a loaded machine); they set one thread first.
-    context = mp.start_processes(_worker, args=(str(tmp_path / 'init'), str(tmp_path)),
-                                 nprocs=2, join=False, start_method='fork')
-    try:
-        finished = False
-        for _ in range(120):
-            if context.join(timeout=1):
-                finished = True
-                break
-        assert finished, 'the two ranks did not finish within 120 s'
-    finally:
-        for proc in context.processes:
-            if proc.is_alive():
-                proc.kill()
-    results = [torch.load(str(tmp_path / f'rank{r}.pt'), weights_only=True) for r in (0, 1)]
+    results = run_two_ranks(_worker, (str(tmp_path / 'init'), str(tmp_path)), str(tmp_path),
+                            start_method='fork')
     for result in results:
         assert result['world_size'] == 2 and result['num_states'] == 2
         assert result['resumed'] == result['after_save']

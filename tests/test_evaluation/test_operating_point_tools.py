@@ -7,10 +7,9 @@ import os.path as osp
 import pickle
 
 import pytest
-import torch
-from mmengine.config import Config
 
 from rtdetr_mm.testing import ROOT
+from rtdetr_mm.testing.model_utils import save_random_checkpoint
 from rtdetr_mm.testing.tiny_coco import CLASSES, make_tiny_coco, tiny_config
 from rtdetr_mm.testing.tools import load_tool
 
@@ -24,8 +23,6 @@ def run(tmp_path_factory):
     """A small-model config whose val / test evaluator is [CocoMetric,
     OperatingPointMetric(score_thr=0, out_dir)], a checkpoint of it, and
     tools/test.py's run with --out."""
-    from mmdet.registry import MODELS
-    from mmengine.registry import init_default_scope
     base = tmp_path_factory.mktemp('op')
     data = make_tiny_coco(str(base / 'data'), num_images=4, size=(64, 64))
     metric_dir = str(base / 'metric_report')
@@ -35,12 +32,8 @@ def run(tmp_path_factory):
 test_evaluator = val_evaluator'''
     config = tiny_config(str(base / 'cfg.py'), R18, data, size=(64, 64), max_epochs=1,
                          batch_size=2, small_model=True, extra=extra)
-    init_default_scope('mmdet')
-    torch.manual_seed(0)
-    model = MODELS.build(Config.fromfile(config).model)
     ckpt = str(base / 'model.pth')
-    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(classes=CLASSES))),
-               ckpt)
+    save_random_checkpoint(config, ckpt, CLASSES)
     work_dir, out = str(base / 'test_work'), str(base / 'results.pkl')
     status = load_tool('test').main([config, ckpt, '--work-dir', work_dir, '--out', out])
     return dict(base=base, config=config, ckpt=ckpt, work_dir=work_dir, out=out, status=status,

@@ -26,6 +26,7 @@ from mmdet.structures.bbox import bbox_overlaps
 
 from rtdetr_mm.apis import load_detector, predict_images, sliced_inference, tile_origins
 from rtdetr_mm.testing import ROOT
+from rtdetr_mm.testing.model_utils import save_random_checkpoint
 from rtdetr_mm.testing.oracle_detector import build_oracle, draw_squares_image, place_squares
 from rtdetr_mm.testing.tiny_coco import CLASSES, make_tiny_coco, tiny_config
 from rtdetr_mm.testing.tools import load_tool
@@ -138,18 +139,11 @@ def tool_run(tmp_path_factory):
     """A tiny random-weight RT-DETRv2 (64 x 64 input) and its checkpoint
     (with its classes), a folder of two images (one smaller than a patch,
     one in a subfolder), and the tool's run on the folder."""
-    from mmdet.registry import MODELS
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
     base = tmp_path_factory.mktemp('sliced')
     data = make_tiny_coco(str(base / 'data'), num_images=1, size=(64, 64))
     config = tiny_config(str(base / 'cfg.py'), R18, data, size=(64, 64), small_model=True)
-    init_default_scope('mmdet')
-    torch.manual_seed(0)
-    model = MODELS.build(Config.fromfile(config).model)
     ckpt = str(base / 'model.pth')
-    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(classes=CLASSES))),
-               ckpt)
+    save_random_checkpoint(config, ckpt, CLASSES)
     images = base / 'images'
     (images / 'sub').mkdir(parents=True)
     rng = np.random.default_rng(0)

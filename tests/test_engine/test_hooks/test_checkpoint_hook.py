@@ -24,70 +24,21 @@ the real ones, everything else is as small as possible.
 import glob
 import os
 import os.path as osp
-import uuid
 
 import pytest
 import torch
-import torch.nn as nn
-from mmdet.registry import DATASETS, HOOKS, METRICS, MODELS, RUNNERS
-from mmengine.config import Config
-from mmengine.evaluator import BaseMetric
+from mmdet.registry import HOOKS, RUNNERS
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
-from torch.utils.data import Dataset
 
 import rtdetr_mm  # noqa: F401
 from rtdetr_mm.engine.checkpoint_safety import safe_load_checkpoint
 from rtdetr_mm.engine.runner import RTDETRv2Runner
+from rtdetr_mm.testing.toy_run import toy_run_config
 
 pytestmark = pytest.mark.timeout(120)
 
 
 # ------------------------------------------------------------ stand-ins
-@MODELS.register_module(force=True)
-class _CkptToyModel(BaseModel):
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(2))
-
-    def forward(self, inputs, data_samples=None, mode='tensor'):
-        x = torch.stack(inputs)
-        if mode == 'loss':
-            return dict(loss=((x - self.w) ** 2).mean())
-        return [dict(pred=row) for row in (x - self.w)]
-
-
-@DATASETS.register_module(force=True)
-class _CkptToyDataset(Dataset):
-    def __init__(self, n=4):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return dict(inputs=torch.full((2,), float(i)))
-
-
-@METRICS.register_module(force=True)
-class _CkptScriptedMetric(BaseMetric):
-    """Returns ``values[k]`` at its k-th evaluation (a number: ``toy/score``;
-    a dict: ``toy/<key>`` for each key)."""
-    default_prefix = 'toy'
-
-    def __init__(self, values, **kwargs):
-        super().__init__(**kwargs)
-        self.values, self.calls = list(values), 0
-
-    def process(self, data_batch, data_samples):
-        self.results.append(0)
-
-    def compute_metrics(self, results):
-        value = self.values[self.calls]
-        self.calls += 1
-        return dict(value) if isinstance(value, dict) else dict(score=value)
-
-
 def _ckpt_files(work_dir):
     return sorted(osp.basename(p) for p in glob.glob(osp.join(work_dir, '*.pth*')))
 
@@ -137,34 +88,10 @@ class _CkptListingHook(Hook):
 
 def _run(work_dir, *, epochs, val_interval, samples, scores, checkpoint,
          runner_type='_CkptListingRunner'):
-    cfg = Config(dict(
-        default_scope='mmdet',
-        runner_type=runner_type,
-        # its own logger (mmengine names loggers by the second the runner is
-        # built: two runners of one second would share one log file)
-        experiment_name=f'ckpt_hook_{uuid.uuid4().hex}',
-        model=dict(type='_CkptToyModel'),
-        work_dir=str(work_dir),
-        train_dataloader=dict(batch_size=2, num_workers=0,
-                              sampler=dict(type='DefaultSampler', shuffle=False),
-                              dataset=dict(type='_CkptToyDataset', n=samples)),
-        val_dataloader=dict(batch_size=2, num_workers=0,
-                            sampler=dict(type='DefaultSampler', shuffle=False),
-                            dataset=dict(type='_CkptToyDataset', n=2)),
-        val_evaluator=dict(type='_CkptScriptedMetric', values=scores),
-        train_cfg=dict(type='RTDETRv2EpochBasedTrainLoop', max_epochs=epochs,
-                       val_interval=val_interval),
-        val_cfg=dict(type='ValLoop'),
-        optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1)),
-        param_scheduler=[dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0,
-                              end=4)],
-        default_hooks=dict(checkpoint=dict(type='RTDETRv2CheckpointHook', **checkpoint),
-                           logger=dict(type='LoggerHook', interval=1)),
-        custom_hooks=[dict(type='_CkptListingHook')],
-        log_level='WARNING',
-        randomness=dict(seed=0),
-        env_cfg=dict(dist_cfg=dict(backend='gloo')),
-    ))
+    cfg = toy_run_config(work_dir, name='ckpt_hook', epochs=epochs, val_interval=val_interval,
+                         samples=samples, scores=scores, metric=dict(prefix='toy'),
+                         checkpoint=checkpoint, custom_hooks=[dict(type='_CkptListingHook')],
+                         runner_type=runner_type)
     runner = RUNNERS.build(cfg)
     runner.saves = []
     runner.train()

@@ -30,23 +30,18 @@ meta and message hub, the pipeline each iteration trained with):
 """
 import glob
 import os.path as osp
-import uuid
 
 import pytest
 import torch
-import torch.nn as nn
-from mmdet.registry import DATASETS, HOOKS, METRICS, MODELS, RUNNERS, TRANSFORMS
+from mmdet.registry import HOOKS, RUNNERS
 from mmengine.config import Config
-from mmengine.dataset import Compose
-from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
-from torch.utils.data import Dataset
 
 import rtdetr_mm  # noqa: F401
 from rtdetr_mm.engine.checkpoint_safety import safe_load_checkpoint
 from rtdetr_mm.engine.runner.run_settings import RunSettingsError, run_settings_problems
 from rtdetr_mm.testing import ROOT
+from rtdetr_mm.testing.toy_run import toy_run_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,64 +50,6 @@ KEY = 'coco/bbox_mAP'
 
 
 # ------------------------------------------------------------ stand-ins
-@MODELS.register_module(force=True)
-class _EsToyModel(BaseModel):
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(2))
-
-    def forward(self, inputs, data_samples=None, mode='tensor'):
-        x = torch.stack(inputs)
-        if mode == 'loss':
-            return dict(loss=((x - self.w) ** 2).mean())
-        return [dict(pred=row) for row in (x - self.w)]
-
-
-@TRANSFORMS.register_module(force=True)
-class _EsMark:
-    """A pipeline step that only names the pipeline it belongs to."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def __call__(self, results):
-        return results
-
-
-@DATASETS.register_module(force=True)
-class _EsToyDataset(Dataset):
-    """``n`` samples; its ``pipeline`` (what the aug switch replaces) is
-    ``[_EsMark('strong')]``."""
-
-    def __init__(self, n=4):
-        self.n = n
-        self.pipeline = Compose([_EsMark('strong')])
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return dict(inputs=torch.full((2,), float(i)))
-
-
-@METRICS.register_module(force=True)
-class _EsScriptedMetric(BaseMetric):
-    """``coco/bbox_mAP`` = ``values[k]`` at its k-th evaluation."""
-    default_prefix = 'coco'
-
-    def __init__(self, values, **kwargs):
-        super().__init__(**kwargs)
-        self.values, self.calls = list(values), 0
-
-    def process(self, data_batch, data_samples):
-        self.results.append(0)
-
-    def compute_metrics(self, results):
-        value = self.values[self.calls]
-        self.calls += 1
-        return dict(bbox_mAP=value)
-
-
 @HOOKS.register_module(force=True)
 class _EsRecorder(Hook):
     """Per trained iteration: (iteration, the train pipeline's mark); the
@@ -144,37 +81,13 @@ def _run(work_dir, *, epochs, val_interval, samples, scores, checkpoint=None, au
     hooks = [_early_stopping(patience=2, **(early_stopping or {})), dict(type='_EsRecorder')]
     if aug_switch is not None:
         hooks.append(dict(type='RTDETRv2AugSwitchHook', stop_batch_resize=False,
-                          switch_pipeline=[dict(type='_EsMark', name='plain')], **aug_switch))
-    cfg = Config(dict(
-        default_scope='mmdet',
-        runner_type='RTDETRv2Runner',
-        # its own logger and visualizer (mmengine keeps one per name)
-        experiment_name=f'early_stop_{uuid.uuid4().hex}',
-        model=dict(type='_EsToyModel'),
-        work_dir=str(work_dir),
-        train_dataloader=dict(batch_size=2, num_workers=0,
-                              sampler=dict(type='DefaultSampler', shuffle=False),
-                              dataset=dict(type='_EsToyDataset', n=samples)),
-        val_dataloader=dict(batch_size=2, num_workers=0,
-                            sampler=dict(type='DefaultSampler', shuffle=False),
-                            dataset=dict(type='_EsToyDataset', n=2)),
-        val_evaluator=dict(type='_EsScriptedMetric', values=scores),
-        train_cfg=dict(type='RTDETRv2EpochBasedTrainLoop', max_epochs=epochs,
-                       val_interval=val_interval),
-        val_cfg=dict(type='ValLoop'),
-        optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1)),
-        param_scheduler=[dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0,
-                              end=4)],
-        default_hooks=dict(checkpoint=dict(type='RTDETRv2CheckpointHook', save_best=KEY,
-                                           rule='greater', **dict(dict(interval=1), **(checkpoint or {}))),
-                           logger=dict(type='LoggerHook', interval=1)),
-        custom_hooks=hooks,
-        log_level='WARNING',
-        randomness=dict(seed=0),
-        env_cfg=dict(dist_cfg=dict(backend='gloo')),
-        resume=resume_from is not None,
-        load_from=None if resume_from in (None, 'auto') else resume_from,
-    ))
+                          switch_pipeline=[dict(type='PipelineMark', name='plain')], **aug_switch))
+    cfg = toy_run_config(work_dir, name='early_stop', epochs=epochs, val_interval=val_interval,
+                         samples=samples, scores=scores,
+                         metric=dict(prefix='coco', key='bbox_mAP'),
+                         checkpoint=dict(dict(interval=1, save_best=KEY, rule='greater'),
+                                         **(checkpoint or {})),
+                         custom_hooks=hooks, resume_from=resume_from)
     runner = RUNNERS.build(cfg)
     runner.train()
     return runner

@@ -12,7 +12,6 @@ import os.path as osp
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.registry import RUNNERS
@@ -25,6 +24,7 @@ from rtdetr_mm.engine.hooks import (NonFiniteLossError, NonFiniteWeightsError,
 from rtdetr_mm.testing.tiny_coco import make_tiny_coco, tiny_config
 
 from rtdetr_mm.testing import ROOT
+from rtdetr_mm.testing.ranks import run_two_ranks
 R18 = osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py')
 
 pytestmark = pytest.mark.timeout(300)
@@ -207,20 +207,8 @@ def test_ranks_agree_when_one_rank_sees_nan(tmp_path):
     """Only rank 1 sees a NaN: both ranks decide 'non-finite' and name rank
     1's term; with no NaN both decide 'finite'. Hard timeout 120 s."""
     init_file = str(tmp_path / 'init')
-    context = mp.start_processes(_agree_worker, args=(init_file, str(tmp_path)),
-                                 nprocs=2, join=False, start_method='spawn')
-    try:
-        finished = False
-        for _ in range(120):
-            if context.join(timeout=1):
-                finished = True
-                break
-        assert finished, 'the two ranks did not finish within 120 s'
-    finally:
-        for proc in context.processes:
-            if proc.is_alive():
-                proc.kill()
-    results = [torch.load(str(tmp_path / f'rank{r}.pt'), weights_only=True) for r in (0, 1)]
+    results = run_two_ranks(_agree_worker, (init_file, str(tmp_path)), str(tmp_path),
+                            start_method='spawn')
     for result in results:
         assert result['rank1_nan'] == dict(bad=True, per_rank={1: ['loss_cls=nan']}, after=1)
         assert result['none'] == dict(bad=False, per_rank={}, after=1)
