@@ -17,11 +17,11 @@ from mmengine.structures import InstanceData
 from torch.profiler import record_function
 
 from ..layers.anchors import generate_anchors
-from ..layers.precision import compute_dtype, value_dtype
 from ..layers.conv_norm import ConvNormLayer
 from ..layers.denoising import (DN_CFG_DEFAULTS, DenoisingMeta, build_denoising_queries,
                                 resolve_dn_cfg)
 from ..layers.postprocess import duplicate_control, keep_mask, topk_detections
+from ..layers.precision import compute_dtype, value_dtype
 from ..layers.rtdetrv2_decoder import RTDETRv2TransformerDecoder
 from .rtdetrv2_head_loss import RTDETRv2HeadLossMixin
 
