@@ -4,14 +4,25 @@ PYTHON ?= python
 PYTEST_TIMEOUT ?= 600
 export PYTHON
 
-.PHONY: install test test-random test-isolated mutation-check demo selfcheck
+.PHONY: install wheelhouse test test-random test-isolated mutation-check demo selfcheck
 
 # Keeps an installed torch within 2.4..2.13.x; only a missing one is installed
 # (TORCH_VARIANT=cpu|cu126|... picks the build). MMCV_WITH_CUDA=0|1 and
 # TORCH_CUDA_ARCH_LIST steer the mmcv build; INSTALL_DRY_RUN=1 prints the
-# plan (tools/dev/install_plan.py) and changes nothing.
+# plan (tools/dev/install_plan.py) and changes nothing. WHEELHOUSE=DIR
+# installs offline from a folder made by `make wheelhouse`.
 install:
 	bash tools/install.sh
+
+# Everything `make install WHEELHOUSE=DIR` needs, for a machine without
+# network (tools/dev/wheelhouse.py): PY=3.12 and PLATFORM=manylinux_2_28_x86_64
+# pick the target (default: this machine), TORCH=1 adds the pinned torch
+# (TORCH_VARIANT=cu126 ... its build); no install needed first.
+wheelhouse:
+	@test -n "$(DIR)" || { echo "make wheelhouse DIR=<folder> [PY=3.12] [PLATFORM=...] [TORCH=1]"; exit 2; }
+	$(PYTHON) tools/dev/wheelhouse.py --dir $(DIR) $(if $(PY),--python $(PY)) \
+		$(if $(PLATFORM),--platform $(PLATFORM)) $(if $(TORCH),--torch) \
+		$(if $(TORCH_VARIANT),--torch-variant $(TORCH_VARIANT))
 
 # pytest exits 5 when it collects no tests; that is a failure here too.
 test: install

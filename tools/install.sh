@@ -20,12 +20,17 @@
 #   4. rtdetr_mm itself: pip install -e . --no-deps.
 # When everything is present it runs the plan's check and exits (seconds).
 # INSTALL_DRY_RUN=1 prints the plan and changes nothing.
+# WHEELHOUSE=DIR installs offline: every pip call gets --no-index
+# --find-links DIR (a folder made by `make wheelhouse`, tools/dev/wheelhouse.py;
+# the planner checks it was made for this Python and these pins).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python}"
 WHEEL_CACHE="${RTDETR_MM_WHEEL_CACHE:-$HOME/.cache/rtdetr_mm/wheels}"
 PLANNER="$ROOT/tools/dev/install_plan.py"
+PLANNER_ARGS=(--cache "$WHEEL_CACHE")
+[[ -z "${WHEELHOUSE:-}" ]] || PLANNER_ARGS+=(--wheelhouse "$WHEELHOUSE")
 MMCV_VERSION=2.1.0
 MMDET_VERSION=3.3.0
 
@@ -36,18 +41,18 @@ log() { echo "[install] $*"; }
 pip_() { log "pip $*"; "$PYTHON" -m pip "$@"; }
 # Sets TORCH_ACTION, TORCH_PIP_ARGS, TORCH_CONSTRAINT, PIP_REQS, NODEPS_REQS,
 # TODO, NEED_MMCV, NEED_MMDET, NEED_SELF, MMCV_BUILD_ENV, MMCV_CACHE_DIR,
-# MMCV_WHEEL, MMCV_LEGACY_WHEEL (see install_plan.shell); exits 1 when the
-# planner refuses (its `error: ...` is on stderr).
+# MMCV_WHEEL, MMCV_LEGACY_WHEEL, PIP_SOURCE_ARGS (see install_plan.shell);
+# exits 1 when the planner refuses (its `error: ...` is on stderr).
 plan() {
     local out
-    out="$("$PYTHON" "$PLANNER" --shell --cache "$WHEEL_CACHE")" || exit 1
+    out="$("$PYTHON" "$PLANNER" --shell "${PLANNER_ARGS[@]}")" || exit 1
     eval "$out"
 }
 
 START=$SECONDS
 log "python: $(command -v "$PYTHON") ($("$PYTHON" -c 'import sys; print(sys.version.split()[0])'))"
 if [[ -n "${INSTALL_DRY_RUN:-}" ]]; then
-    "$PYTHON" "$PLANNER" --explain --cache "$WHEEL_CACHE" | sed 's/^/[install] /'
+    "$PYTHON" "$PLANNER" --explain "${PLANNER_ARGS[@]}" | sed 's/^/[install] /'
     exit "${PIPESTATUS[0]}"
 fi
 
@@ -55,7 +60,7 @@ plan
 log "torch: $TORCH_REASON"
 if [[ "$TORCH_ACTION" == install ]]; then
     "$PYTHON" -m pip --version >/dev/null 2>&1 || "$PYTHON" -m ensurepip --upgrade
-    pip_ install "${TORCH_PIP_ARGS[@]}"
+    pip_ install "${PIP_SOURCE_ARGS[@]}" "${TORCH_PIP_ARGS[@]}"
     plan  # the mmcv build depends on the torch now installed
     [[ "$TORCH_ACTION" == keep ]] || { log "torch still missing after installing it"; exit 1; }
 fi
@@ -78,13 +83,13 @@ echo "$TORCH_CONSTRAINT" >"$CONSTRAINTS"
 
 # 1. Everything pip may resolve normally.
 if ((${#PIP_REQS[@]})); then
-    pip_ install -c "$CONSTRAINTS" "${PIP_REQS[@]}"
+    pip_ install "${PIP_SOURCE_ARGS[@]}" -c "$CONSTRAINTS" "${PIP_REQS[@]}"
 fi
 # 1b. Lines marked `# no-deps` (albumentations, albucore): without their
 #     requirements, which would add opencv-python-headless, a second cv2 over
 #     the pinned opencv-python; their other requirements are plain lines.
 if ((${#NODEPS_REQS[@]})); then
-    pip_ install --no-deps "${NODEPS_REQS[@]}"
+    pip_ install "${PIP_SOURCE_ARGS[@]}" --no-deps "${NODEPS_REQS[@]}"
 fi
 
 # 2. mmcv with compiled ops, from the cached wheel or built into the cache.
@@ -101,12 +106,12 @@ if [[ -n "$NEED_MMCV" ]]; then
     if [[ -z "$MMCV_WHEEL" ]]; then
         log "no cached mmcv $MMCV_VERSION wheel in $MMCV_CACHE_DIR: building it" \
             "from source (10-15 min on 2 cores for CPU ops)"
-        pip_ install -c "$CONSTRAINTS" -r "$ROOT/requirements/build.txt"
+        pip_ install "${PIP_SOURCE_ARGS[@]}" -c "$CONSTRAINTS" -r "$ROOT/requirements/build.txt"
         build_start=$SECONDS
         # --no-cache-dir: pip's own wheel cache is not keyed by the torch
         # version the ops were compiled against; our cache is the cache.
         env "${MMCV_BUILD_ENV[@]}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-            "$PYTHON" -m pip wheel --no-build-isolation --no-deps --no-cache-dir \
+            "$PYTHON" -m pip wheel "${PIP_SOURCE_ARGS[@]}" --no-build-isolation --no-deps --no-cache-dir \
             "mmcv==$MMCV_VERSION" -w "$MMCV_CACHE_DIR"
         log "mmcv wheel built in $((SECONDS - build_start))s (${MMCV_BUILD_ENV[*]})"
         shopt -s nullglob
@@ -119,18 +124,18 @@ if [[ -n "$NEED_MMCV" ]]; then
     fi
     # --force-reinstall: an ops-less (or other torch's) mmcv 2.1.0 would
     # otherwise be kept
-    pip_ install --no-deps --force-reinstall "$MMCV_WHEEL"
+    pip_ install "${PIP_SOURCE_ARGS[@]}" --no-deps --force-reinstall "$MMCV_WHEEL"
 fi
 
 # 3. mmdet without its dependency resolution (its runtime requirements are
 #    pinned in requirements/runtime.txt and installed in step 1).
 if [[ -n "$NEED_MMDET" ]]; then
-    pip_ install --no-deps "mmdet==$MMDET_VERSION"
+    pip_ install "${PIP_SOURCE_ARGS[@]}" --no-deps "mmdet==$MMDET_VERSION"
 fi
 
 # 4. rtdetr_mm itself, editable, with the setuptools installed above.
 if [[ -n "$NEED_SELF" ]]; then
-    pip_ install --no-deps --no-build-isolation -e "$ROOT"
+    pip_ install "${PIP_SOURCE_ARGS[@]}" --no-deps --no-build-isolation -e "$ROOT"
 fi
 
 plan

@@ -446,6 +446,21 @@ MUTATIONS = [
                "                     mean_pattern=r'.*(loss|time|data_time|grad_norm)')")],
              ['tests/test_engine/test_loops/test_val_loss.py::'
               'test_train_run_logs_val_loss_next_to_map']),
+    # ------------------------------------------------- offline install (15)
+    Mutation('wheelhouse-follows-torch', 'a wheelhouse without torch leaves out what only '
+             'torch requires',
+             [('tools/dev/wheelhouse.py',
+               "if name in keep or name not in resolved or (name == 'torch' and not with_torch):",
+               'if name in keep or name not in resolved:')],
+             ['tests/test_tools/test_wheelhouse.py::'
+              'test_closure_leaves_out_torch_and_what_only_torch_requires']),
+    Mutation('wheelhouse-python-unchecked', 'the installer refuses a wheelhouse made for '
+             'another Python',
+             [('tools/dev/install_plan.py',
+               '    if tuple(wheelhouse.python) != tuple(facts.python):',
+               '    if False:')],
+             ['tests/test_tools/test_wheelhouse.py::'
+              'test_wheelhouse_of_another_python_or_other_pins_is_refused']),
     # ------------------------------------------------------ test hygiene
     Mutation('converter-imports-installed-package',
              'every tool runs the checkout it lives in (issue 9 hole 5)',

@@ -34,8 +34,13 @@ facts in tests/test_tools/test_install_plan.py):
   requirements/runtime.txt and tests.txt against the installed versions,
   mmcv's compiled ops (present, loadable with this torch, CUDA when wanted),
   mmdet and rtdetr_mm itself (editable from this checkout).
+- **offline** (:func:`check_wheelhouse`, ``WHEELHOUSE=DIR``): every pip call
+  gets ``--no-index --find-links DIR``; the wheelhouse (``make wheelhouse``,
+  tools/dev/wheelhouse.py) must be made for this Python and these pins, hold
+  torch when torch is missing and mmcv's sdist when no cached wheel fits.
 """
 import argparse
+import hashlib
 import importlib.metadata as md
 import importlib.util
 import json
@@ -51,6 +56,9 @@ from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 REQ_FILES = ('requirements/runtime.txt', 'requirements/tests.txt')
+#: what a wheelhouse is made from (its manifest keeps their digest)
+WHEELHOUSE_REQ_FILES = REQ_FILES + ('requirements/build.txt', )
+WHEELHOUSE_MANIFEST = 'wheelhouse.json'
 #: torch releases rtdetr_mm is expected to work with (major, minor), both
 #: ends included; tested: the pinned one (requirements/runtime.txt)
 TORCH_RANGE = ((2, 4), (2, 13))
@@ -93,6 +101,26 @@ class Facts:
     env: Mapping[str, str] = field(default_factory=dict)
     pinned_torch: str = '2.13.0'
     mmcv_ops: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Wheelhouse:
+    """An offline source made by ``make wheelhouse`` (tools/dev/wheelhouse.py).
+
+    Attributes:
+        path: Its folder.
+        python: (major, minor) it was made for (its manifest).
+        requirements_sha256: Digest of the requirement files it was made
+            from (:func:`requirements_digest`).
+        files: The file names in the folder.
+    """
+    path: str
+    python: Tuple[int, int]
+    requirements_sha256: str
+    files: Tuple[str, ...]
+
+    def has(self, prefix: str, suffix: str) -> bool:
+        return any(f.startswith(prefix) and f.endswith(suffix) for f in self.files)
 
 
 @dataclass(frozen=True)
@@ -150,14 +178,25 @@ def range_text() -> str:
 
 
 # -- torch ---------------------------------------------------------------
-def plan_torch(facts: Facts) -> TorchPlan:
+def plan_torch(facts: Facts, wheelhouse: Optional[Wheelhouse] = None) -> TorchPlan:
     """Keep an installed torch within :data:`TORCH_RANGE`, refuse one
-    outside it (:class:`InstallError`), install the pinned one if missing."""
+    outside it (:class:`InstallError`), install the pinned one if missing
+    (from the wheelhouse when there is one)."""
     variant = facts.env.get('TORCH_VARIANT', '').strip()
     if variant and not TORCH_VARIANT_RE.fullmatch(variant):
         raise InstallError(
             f'TORCH_VARIANT={variant!r} is not a torch wheel variant: use cpu or cu<version> '
             f'(cu126, cu128, ...), the folder names of {TORCH_INDEX.format(variant="")}')
+    if facts.torch is None and wheelhouse is not None:
+        if not wheelhouse.has(f'torch-{facts.pinned_torch}', '.whl'):
+            raise InstallError(
+                f'torch is missing and the wheelhouse {wheelhouse.path} holds no torch '
+                f'{facts.pinned_torch} wheel: make it with `make wheelhouse DIR=... TORCH=1 '
+                '[TORCH_VARIANT=cu126]`, or install a torch within '
+                f'{range_text()} first')
+        return TorchPlan('install', facts.pinned_torch,
+                         f'torch is missing: the pinned {facts.pinned_torch} from the '
+                         f'wheelhouse {wheelhouse.path}', (f'torch=={facts.pinned_torch}', ))
     if facts.torch is None:
         args = (f'torch=={facts.pinned_torch}', )
         if variant:
@@ -352,6 +391,46 @@ def unmet_self(root: str, installed: Callable[[str], Optional[str]],
     return None
 
 
+# -- offline ---------------------------------------------------------------
+def requirements_digest(root: str = ROOT) -> str:
+    """sha256 over :data:`WHEELHOUSE_REQ_FILES` (a wheelhouse's key)."""
+    h = hashlib.sha256()
+    for rel in WHEELHOUSE_REQ_FILES:
+        with open(osp.join(root, rel), 'rb') as f:
+            h.update(rel.encode() + b'\0' + f.read() + b'\0')
+    return h.hexdigest()
+
+
+def check_wheelhouse(wheelhouse: Wheelhouse, facts: Facts, digest: str) -> None:
+    """Refuse a wheelhouse made for another Python or other pins: pip would
+    fail later with a bare 'No matching distribution'."""
+    if tuple(wheelhouse.python) != tuple(facts.python):
+        raise InstallError(
+            f'the wheelhouse {wheelhouse.path} was made for Python '
+            f'{".".join(map(str, wheelhouse.python))}, this is Python '
+            f'{".".join(map(str, facts.python))}: make one with `make wheelhouse DIR=... '
+            f'PY={facts.python[0]}.{facts.python[1]}`')
+    if wheelhouse.requirements_sha256 != digest:
+        raise InstallError(
+            f'the wheelhouse {wheelhouse.path} was made for other pins than this '
+            f'checkout\'s {", ".join(WHEELHOUSE_REQ_FILES)}: make it again from this '
+            'checkout with `make wheelhouse DIR=...`')
+
+
+def read_wheelhouse(path: str) -> Wheelhouse:
+    """The wheelhouse at ``path`` (its manifest must be there)."""
+    manifest = osp.join(path, WHEELHOUSE_MANIFEST)
+    try:
+        with open(manifest) as f:
+            data = json.load(f)
+        python = tuple(int(x) for x in str(data['python']).split('.')[:2])
+        digest = str(data['requirements_sha256'])
+    except (OSError, ValueError, KeyError) as e:
+        raise InstallError(f'WHEELHOUSE={path}: {manifest} cannot be read ({type(e).__name__}: '
+                           f'{e}); make the wheelhouse with `make wheelhouse DIR={path}`')
+    return Wheelhouse(path, python, digest, tuple(sorted(os.listdir(path))))
+
+
 # -- the plan --------------------------------------------------------------
 @dataclass
 class Plan:
@@ -362,12 +441,18 @@ class Plan:
     wheel: str = ''          # cached wheel to install ('' : build one)
     legacy_wheel: str = ''   # flat-layout wheel to adopt into cache_dir
     todo: List[Tuple[str, str, str]] = field(default_factory=list)
+    wheelhouse: Optional[Wheelhouse] = None  # pip's only source when set
 
 
 def make_plan(facts: Facts, reqs, cache_root: str, listdir: Callable[[str], List[str]],
-              installed: Callable[[str], Optional[str]], self_todo: Optional[str]) -> Plan:
-    """Every decision, from facts and lookups (fakes in the tests)."""
-    plan = Plan(plan_torch(facts))
+              installed: Callable[[str], Optional[str]], self_todo: Optional[str],
+              wheelhouse: Optional[Wheelhouse] = None, digest: str = '') -> Plan:
+    """Every decision, from facts and lookups (fakes in the tests);
+    ``digest`` (:func:`requirements_digest`) is checked against the
+    wheelhouse's."""
+    if wheelhouse is not None:
+        check_wheelhouse(wheelhouse, facts, digest)
+    plan = Plan(plan_torch(facts, wheelhouse), wheelhouse=wheelhouse)
     if plan.torch.action != 'keep':
         return plan  # the rest depends on the torch to be installed
     plan.build = plan_mmcv_build(facts)
@@ -382,6 +467,13 @@ def make_plan(facts: Facts, reqs, cache_root: str, listdir: Callable[[str], List
             legacy = sorted(n for n in listdir(cache_root) if is_mmcv_wheel(n, facts.python))
             if legacy:
                 plan.legacy_wheel = osp.join(cache_root, legacy[-1])
+        if (wheelhouse is not None and not plan.wheel and not plan.legacy_wheel
+                and not wheelhouse.has(f'mmcv-{MMCV_VERSION}.', '.tar.gz')):
+            raise InstallError(
+                f'mmcv {MMCV_VERSION} must be built and neither the wheel cache '
+                f'({plan.cache_dir}) nor the wheelhouse {wheelhouse.path} has it: the '
+                f'wheelhouse lacks mmcv-{MMCV_VERSION}.tar.gz; make it again with `make '
+                'wheelhouse DIR=...`')
     if self_todo:
         plan.todo.append(('self', 'rtdetr_mm', self_todo))
     return plan
@@ -389,8 +481,11 @@ def make_plan(facts: Facts, reqs, cache_root: str, listdir: Callable[[str], List
 
 def explain(plan: Plan, facts: Facts) -> str:
     """The plan in words (``INSTALL_DRY_RUN=1``)."""
-    lines = [f'python {facts.python[0]}.{facts.python[1]}',
-             f'torch: {plan.torch.action} {plan.torch.version}: {plan.torch.reason}']
+    lines = [f'python {facts.python[0]}.{facts.python[1]}']
+    if plan.wheelhouse is not None:
+        lines.append(f'offline: pip installs from the wheelhouse {plan.wheelhouse.path} only '
+                     '(--no-index)')
+    lines.append(f'torch: {plan.torch.action} {plan.torch.version}: {plan.torch.reason}')
     if plan.build is None:
         lines.append('mmcv: decided once torch is installed (CUDA ops when it has CUDA and '
                      'nvcc is found)')
@@ -436,7 +531,9 @@ def shell(plan: Plan) -> str:
            var('MMCV_REASON', plan.build.reason if plan.build else ''),
            arr('MMCV_BUILD_ENV', [f'{k}={v}' for k, v in plan.build.env] if plan.build else []),
            var('MMCV_CACHE_DIR', plan.cache_dir), var('MMCV_WHEEL', plan.wheel),
-           var('MMCV_LEGACY_WHEEL', plan.legacy_wheel)]
+           var('MMCV_LEGACY_WHEEL', plan.legacy_wheel),
+           arr('PIP_SOURCE_ARGS', ['--no-index', '--find-links', plan.wheelhouse.path]
+               if plan.wheelhouse is not None else [])]
     return '\n'.join(out)
 
 
@@ -560,12 +657,16 @@ def main(argv=None) -> int:
     parser.add_argument('--cache', default=osp.join(osp.expanduser('~'), '.cache', 'rtdetr_mm',
                                                      'wheels'),
                         help='the mmcv wheel cache ($RTDETR_MM_WHEEL_CACHE)')
+    parser.add_argument('--wheelhouse', default='',
+                        help='install offline from this folder (make wheelhouse; $WHEELHOUSE)')
     args = parser.parse_args(argv)
     try:
         facts = gather_facts()
         reqs = read_requirements([osp.join(ROOT, p) for p in REQ_FILES])
+        wheelhouse = read_wheelhouse(osp.abspath(args.wheelhouse)) if args.wheelhouse else None
         plan = make_plan(facts, reqs, args.cache, _listdir, installed_version,
-                         unmet_self(ROOT, installed_version, _self_location))
+                         unmet_self(ROOT, installed_version, _self_location), wheelhouse,
+                         requirements_digest())
     except InstallError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
