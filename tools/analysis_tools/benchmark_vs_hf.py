@@ -47,6 +47,14 @@ Modes (combine them; with none of --rows/--sweeps/--profile the rows run):
     python tools/analysis_tools/benchmark_vs_hf.py --profile --sizes r18vd r50vd \\
         --profile-batch 4 --image 640
 
+* loop (ours only): an iteration of tools/train.py on --loop-config (the
+  demo by default; its data: tools/misc/make_demo_data.py) against the
+  model's train_step alone on the same batches, for each --loop-workers
+  setting (rtdetr_mm/testing/loop_benchmark.py; target <= 1.1). Writes
+  loop.csv:
+
+    python tools/analysis_tools/benchmark_vs_hf.py --loop --loop-workers 0 1 2
+
 Tiny smoke run (checks the code, not the speed):
 
     OMP_NUM_THREADS=1 python tools/analysis_tools/benchmark_vs_hf.py --rows --sweeps \\
@@ -88,6 +96,16 @@ def parse_args(argv=None):
     p.add_argument('--sweeps', nargs='*', choices=['image', 'batch', 'gt'],
                    help='sweeps of image size / batch / GT boxes (none named: all)')
     p.add_argument('--profile', action='store_true', help='per-stage profile')
+    p.add_argument('--loop', action='store_true',
+                   help='a tools/train.py iteration against the model step alone')
+    p.add_argument('--loop-config', default=osp.join(
+        ROOT, 'configs/rtdetrv2_demo/rtdetrv2_r18vd-demo_1xb4-12e_shapes.py'))
+    p.add_argument('--loop-iters', type=int, default=40, help='loop iterations per setting')
+    p.add_argument('--loop-warmup', type=int, default=5, help='iterations left out')
+    p.add_argument('--loop-workers', nargs='+', type=int, default=[0, 1, 2],
+                   help='num_workers settings (persistent_workers when > 0)')
+    p.add_argument('--loop-cfg-options', nargs='+', default=[],
+                   help='key=value merged into --loop-config (e.g. data_root=data/tiny/)')
     p.add_argument('--sizes', nargs='+', default=['r18vd', 'r50vd'], choices=SIZES)
     p.add_argument('--batches', nargs='+', type=int, default=[1, 4])
     p.add_argument('--precisions', nargs='+', default=['fp32', 'bf16'], choices=['fp32', 'bf16'])
@@ -114,7 +132,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.sweeps is not None:
         args.sweeps = args.sweeps or ['image', 'batch', 'gt']
-    if not (args.rows or args.sweeps or args.profile):
+    if not (args.rows or args.sweeps or args.profile or args.loop):
         args.rows = True
     for image in {args.image, *(args.sweep_images if args.sweeps else [])}:
         if sum((-(-image // s)) ** 2 for s in (8, 16, 32)) < 300:
@@ -366,6 +384,27 @@ def _fmt(value, spec='.0f') -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
+def run_loop(args) -> list:
+    """The loop mode (ours only): see rtdetr_mm/testing/loop_benchmark.py."""
+    from mmengine.config import Config, DictAction
+
+    from rtdetr_mm.testing.loop_benchmark import LOOP_COLUMNS, measure_loop
+    cfg = Config.fromfile(args.loop_config)
+    options = argparse.Namespace()
+    DictAction(option_strings=[], dest='o')(None, options, args.loop_cfg_options)
+    cfg.merge_from_dict(getattr(options, 'o', {}))
+    rows = []  # on the runner's device (CUDA when there is one), not --device
+    for workers in args.loop_workers:
+        with tempfile.TemporaryDirectory() as work_dir:
+            row = measure_loop(cfg, args.loop_iters, args.loop_warmup, workers, work_dir)
+        rows.append(row)
+        print(f"loop: num_workers {workers}: iteration {row['loop_ms']:.0f} ms, model step "
+              f"{row['step_ms']:.0f} ms, ratio {row['ratio']:.3f} (median of {row['iters']})",
+              flush=True)
+    write_csv(osp.join(args.out_dir, 'loop.csv'), rows, LOOP_COLUMNS)
+    return rows
+
+
 def write_csv(path, rows, columns) -> None:
     with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval='')
@@ -394,6 +433,8 @@ def main(argv=None) -> None:
             run_sweeps(args, session)
         if args.profile:
             run_profile(args, session)
+    if args.loop:
+        run_loop(args)
 
 
 if __name__ == '__main__':
