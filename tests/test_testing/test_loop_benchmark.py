@@ -9,7 +9,6 @@ import pytest
 from mmdet.registry import RUNNERS
 from mmengine.hooks import Hook
 
-from rtdetr_mm.testing import ROOT
 from rtdetr_mm.testing.checkout import run_python
 from rtdetr_mm.testing.loop_benchmark import LOOP_COLUMNS, IterationClock
 from rtdetr_mm.testing.synthetic import make_synthetic_coco
