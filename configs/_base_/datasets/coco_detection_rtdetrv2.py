@@ -110,6 +110,10 @@ train_dataloader = dict(
     batch_size=4,             # TRAIN_BATCH per GPU; official total 16 = 4 GPUs x 4
     num_workers=4,            # per GPU, as the official loader
     persistent_workers=True,  # RTDETRv2AugSwitchHook restarts them at the switch
+    # Page-locked batches: the host-to-GPU copy runs asynchronously
+    # (data_preprocessor non_blocking=True). On a machine without a GPU torch
+    # warns once that it is ignored.
+    pin_memory=True,
     drop_last=True,           # as the official train loader
     # Plain random batches as the official loader (no aspect-ratio grouping:
     # every image is resized to the same square anyway).
@@ -131,6 +135,7 @@ val_dataloader = dict(
     batch_size=8,  # VAL_BATCH
     num_workers=4,
     persistent_workers=True,
+    pin_memory=True,
     drop_last=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(

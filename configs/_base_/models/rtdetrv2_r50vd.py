@@ -14,7 +14,11 @@ model = dict(
         bgr_to_rgb=True,
         # Inputs are resized to a fixed size, so no padding is needed; 32 is
         # the largest stride and keeps odd user sizes valid.
-        pad_size_divisor=32),
+        pad_size_divisor=32,
+        # The batch goes to the GPU without waiting (with the loaders'
+        # pin_memory, an asynchronous copy); the same stream's first kernel
+        # waits for it. No effect on the CPU.
+        non_blocking=True),
     backbone=dict(
         type='PResNet',
         depth=50,           # 18 / 34 / 50 / 101
