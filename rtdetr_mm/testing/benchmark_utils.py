@@ -29,36 +29,41 @@ RANGE_PREFIXES = ('bench:', 'rtdetr_mm:')
 
 
 # ---------------------------------------------------------------- models
-def build_pair(size: str, device: str, workdir: str) -> Dict[str, torch.nn.Module]:
+def build_pair(size: str, device: str, workdir: str,
+               with_cp: bool = False) -> Dict[str, torch.nn.Module]:
     """Both implementations of ``size`` with the same weights: transformers'
-    (``hf_reference.build_hf_model``) converted to ours by our converter.
-    Leaves ``hf/`` and ``ours.pth`` in ``workdir`` for :func:`load_one`."""
+    (``hf_reference.build_hf_model``) converted to ours by our converter;
+    ``with_cp``: ours with activation checkpointing in the backbone and the
+    encoder. Leaves ``hf/`` and ``ours.pth`` in ``workdir`` for :func:`load_one`."""
     from rtdetr_mm.converters.rtdetrv2 import load_source
     from .hf_reference import build_hf_model
     hf = build_hf_model(size, seed=0)
     hf.save_pretrained(osp.join(workdir, 'hf'))
     state, _, _ = load_source(osp.join(workdir, 'hf'))
     torch.save(state, osp.join(workdir, 'ours.pth'))
-    return dict(ours=_build_ours(size, state).to(device), hf=hf.to(device))
+    return dict(ours=_build_ours(size, state, with_cp).to(device), hf=hf.to(device))
 
 
-def load_one(impl: str, size: str, workdir: str, device: str) -> torch.nn.Module:
+def load_one(impl: str, size: str, workdir: str, device: str,
+             with_cp: bool = False) -> torch.nn.Module:
     """One implementation from what :func:`build_pair` left in ``workdir``."""
     if impl == 'hf':
         from transformers import RTDetrV2ForObjectDetection
         return RTDetrV2ForObjectDetection.from_pretrained(osp.join(workdir, 'hf')).to(device)
     state = torch.load(osp.join(workdir, 'ours.pth'), weights_only=True)
-    return _build_ours(size, state).to(device)
+    return _build_ours(size, state, with_cp).to(device)
 
 
-def _build_ours(size: str, state: dict) -> torch.nn.Module:
+def _build_ours(size: str, state: dict, with_cp: bool = False) -> torch.nn.Module:
     import rtdetr_mm  # noqa: F401  (registers the modules)
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from .hf_reference import SIZES
     init_default_scope('mmdet')
-    model = MODELS.build(Config.fromfile(osp.join(ROOT, SIZES[size][2])).model)
+    cfg = Config.fromfile(osp.join(ROOT, SIZES[size][2])).model
+    cfg.backbone.with_cp = cfg.neck.with_cp = with_cp
+    model = MODELS.build(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         print(f'warning: {size}: converted weights: missing {missing[:5]}, '

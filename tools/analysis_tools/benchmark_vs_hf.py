@@ -55,6 +55,9 @@ Modes (combine them; with none of --rows/--sweeps/--profile the rows run):
 
     python tools/analysis_tools/benchmark_vs_hf.py --loop --loop-workers 0 1 2
 
+--with-cp builds ours with activation checkpointing in the backbone and the
+encoder (what it saves and costs: run the train rows with and without it).
+
 Tiny smoke run (checks the code, not the speed):
 
     OMP_NUM_THREADS=1 python tools/analysis_tools/benchmark_vs_hf.py --rows --sweeps \\
@@ -79,7 +82,8 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 SIZES = ['r18vd', 'r34vd', 'r50vd', 'r101vd']
-ROW_COLUMNS = ['size', 'mode', 'batch', 'image', 'precision', 'ours_s', 'hf_s', 'ratio',
+ROW_COLUMNS = ['with_cp', 'size', 'mode', 'batch', 'image', 'precision', 'ours_s', 'hf_s',
+               'ratio',
                'ours_peak_mb', 'hf_peak_mb', 'mem_ratio',
                'ours_fwd_bwd_syncs', 'ours_fwd_bwd_ops', 'ours_opt_syncs', 'ours_opt_ops',
                'hf_fwd_bwd_syncs', 'hf_fwd_bwd_ops', 'hf_opt_syncs', 'hf_opt_ops',
@@ -115,6 +119,8 @@ def parse_args(argv=None):
     p.add_argument('--num-gt', type=int, default=8, help='GT boxes per image (train step)')
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--no-memory', action='store_true', help='rows: skip peak memory')
+    p.add_argument('--with-cp', action='store_true',
+                   help='ours with activation checkpointing (backbone.with_cp, neck.with_cp)')
     p.add_argument('--no-counts', action='store_true', help='rows: skip sync / op counts')
     p.add_argument('--no-flops', action='store_true', help='rows: skip FLOPs and mm peak')
     p.add_argument('--mm-size', type=int, default=2048, help='torch.mm size of the peak')
@@ -152,7 +158,8 @@ class Session:
         if size not in self.pairs:
             self.workdirs[size] = osp.join(self.tmp, size)
             os.makedirs(self.workdirs[size])
-            self.pairs[size] = build_pair(size, self.args.device, self.workdirs[size])
+            self.pairs[size] = build_pair(size, self.args.device, self.workdirs[size],
+                                          self.args.with_cp)
         return self.pairs[size]
 
     def steppers(self, size, mode, batch, image, precision='fp32', num_gt=None) -> dict:
@@ -191,7 +198,8 @@ def measure_row(args, session, size, mode, batch, precision, peaks) -> dict:
                                                    interleaved_medians)
     steppers = session.steppers(size, mode, batch, args.image, precision)
     times = interleaved_medians(steppers, args.repeats, args.device)
-    row = dict(size=size, mode=mode, batch=batch, image=args.image, precision=precision,
+    row = dict(with_cp=args.with_cp, size=size, mode=mode, batch=batch, image=args.image,
+               precision=precision,
                ours_s=times['ours'], hf_s=times['hf'], ratio=times['ours'] / times['hf'])
     if mode == 'train' and not args.no_counts:
         for impl, stepper in steppers.items():
@@ -233,6 +241,7 @@ def memory_in_children(args, session, size, batch, precision) -> dict:
                session.workdirs[size], '--sizes', size, '--batches', str(batch),
                '--precisions', precision, '--image', str(args.image), '--num-gt',
                str(args.num_gt), '--device', args.device, '--threads', str(args.threads)]
+        cmd += ['--with-cp'] if args.with_cp else []
         procs[impl] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True, env=dict(os.environ, PYTHONWARNINGS='ignore'))
     peaks = {}
@@ -248,7 +257,7 @@ def memory_child(args) -> None:
     from rtdetr_mm.testing.benchmark_utils import (Stepper, load_one, make_inputs,
                                                    peak_train_memory_mb)
     impl, workdir = args.memory_child
-    model = load_one(impl, args.sizes[0], workdir, args.device)
+    model = load_one(impl, args.sizes[0], workdir, args.device, args.with_cp)
     inputs = make_inputs(args.batches[0], args.image, args.num_gt, args.device)
     stepper = Stepper(impl, model, inputs, 'train', args.precisions[0], args.device)
     print(json.dumps(dict(peak_mb=peak_train_memory_mb(stepper))))
