@@ -72,7 +72,11 @@ def loop_config(cfg: Config, iters: int, num_workers: int, pin_memory: bool,
     loader.pin_memory = pin_memory
     loader.dataset.indices = iters * loader.batch_size  # mmengine's BaseDataset: the first N
     cfg.train_cfg.max_epochs = 1
-    cfg.train_cfg.val_begin = 10**9  # never validate
+    # no validation: mmengine builds the val loop (and its dataset) in
+    # train() whenever one is configured, even if it never runs
+    cfg.train_cfg.pop('val_interval', None)
+    cfg.train_cfg.pop('val_begin', None)
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=10**9, save_last=False)
     cfg.work_dir = work_dir
     # mmengine keeps one visualizer and one logger per name for the process:
