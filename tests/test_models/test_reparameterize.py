@@ -9,66 +9,26 @@ trainable BN in r18, frozen BN in the r50 backbone next to the trainable BN
 of the neck and head) and a 64-channel encoder / decoder, at 96 x 128 with
 random weights whose BN statistics are calibrated on the test images."""
 import copy
-import os.path as osp
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
-from mmengine.config import Config
 
 import rtdetr_mm  # noqa: F401
 from rtdetr_mm.deployment.onnx_export import compare_detections, example_inputs
 from rtdetr_mm.models.layers.conv_norm import ConvNormLayer
 from rtdetr_mm.models.layers.csp_rep_layer import RepVggBlock
-from rtdetr_mm.models.layers.frozen_bn import FrozenBatchNorm2d, freeze_batch_norms
+from rtdetr_mm.models.layers.frozen_bn import FrozenBatchNorm2d
 from rtdetr_mm.models.layers.reparameterize import reparameterized_copy
-from rtdetr_mm.testing import ROOT
+from rtdetr_mm.testing.fused_models import (BOX_TOL, CONFIGS, INPUT_SIZE, SCORE_TOL,
+                                            assert_same_detections, detection_arrays)
+from rtdetr_mm.testing.fused_models import build_small as _build
 from rtdetr_mm.testing.model_utils import calibrate_batch_norms_, redraw_like_trained_
 
-CONFIGS = dict(
-    r18vd=osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r18vd_4xb4-120e_coco.py'),
-    r50vd=osp.join(ROOT, 'configs/rtdetrv2/rtdetrv2_r50vd_4xb4-72e_coco.py'))
-SMALL = dict(
-    neck=dict(hidden_dim=64, dim_feedforward=128, num_heads=4),
-    bbox_head=dict(num_classes=4, in_channels=(64, 64, 64), hidden_dim=64, num_heads=4,
-                   dim_feedforward=128, num_layers=2, num_queries=50,
-                   dn_cfg=dict(num_denoising=20)),
-    test_cfg=dict(max_per_img=100))
-INPUT_SIZE = (96, 128)  # (H, W)
-SCORE_TOL, BOX_TOL = 1e-4, 0.01  # px
-RESIDUAL_SCALE = 0.25
 NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _build(name: str, seed: int = 0) -> nn.Module:
-    """A small model of the ``name`` config with calibrated random weights,
-    in eval mode. The r50 backbone's norms are frozen after calibration
-    (``freeze_norm=True`` builds the same modules, uncalibrated).
-
-    As in a trained ResNet, the last norm of every residual branch has small
-    weights (x RESIDUAL_SCALE): a random deep ResNet without them amplifies
-    float32 rounding chaotically (the r50 then differs from its own float64
-    evaluation by 3e-4 in score, above the tolerances, fused or not)."""
-    cfg = Config.fromfile(CONFIGS[name])
-    cfg.merge_from_dict(dict(model=SMALL))
-    frozen = cfg.model.backbone.freeze_norm
-    cfg.model.backbone.freeze_norm = False
-    model = MODELS.build(cfg.model)
-    redraw_like_trained_(model, seed)
-    with torch.no_grad():
-        for stage in model.backbone.res_layers:
-            for block in stage.blocks:
-                last = block.branch2c if hasattr(block, 'branch2c') else block.branch2b
-                last.norm.weight.mul_(RESIDUAL_SCALE)
-    calibrate_batch_norms_(model, example_inputs(2, INPUT_SIZE, seed=7)[0])
-    if frozen:
-        freeze_batch_norms(model.backbone)
-    return model.eval()
 
 
 @pytest.fixture(scope='module')
@@ -101,20 +61,12 @@ def _predict(model, reparameterize=None, dtype=torch.float32):
     return _arrays(results)
 
 
-def _arrays(samples):
-    """Predicted data samples -> ``labels`` (B, K), ``boxes`` (B, K, 4),
-    ``scores`` (B, K) numpy arrays (compare_detections' input)."""
-    preds = [s.pred_instances for s in samples]
-    return dict(labels=np.stack([p.labels.numpy() for p in preds]),
-                boxes=np.stack([p.bboxes.double().numpy() for p in preds]),
-                scores=np.stack([p.scores.double().numpy() for p in preds]))
+_arrays = detection_arrays
 
 
 def _assert_same(ours, ref, score_tol=SCORE_TOL, box_tol=BOX_TOL):
-    diffs = compare_detections(ours, ref)
     # same labels above the top-K cut-off, each detection matched
-    assert diffs['count_mismatches'] == 0 and diffs['matched'] > 100, diffs
-    assert diffs['max_score_diff'] < score_tol and diffs['max_box_diff'] < box_tol, diffs
+    assert_same_detections(ours, ref, score_tol, box_tol, min_matched=100)
 
 
 def _assert_differ(ours, ref):
