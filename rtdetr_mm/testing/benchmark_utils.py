@@ -108,12 +108,18 @@ class Stepper:
             fresh AdamW; ``'inference'`` in eval mode.
         inputs: :func:`make_inputs`.
         precision: ``'fp32'`` or ``'bf16'`` (autocast around forward + loss).
+        compile: Ours only: forward + loss through ``torch.compile(model.loss)``
+            (what mmengine's ``compile`` key compiles of a training step;
+            backward runs the compiled backward graph).
     """
 
     def __init__(self, impl: str, model: torch.nn.Module, inputs: dict, mode: str,
-                 precision: str = 'fp32', device: str = 'cpu') -> None:
+                 precision: str = 'fp32', device: str = 'cpu', compile: bool = False) -> None:
         self.impl, self.model, self.inputs, self.mode = impl, model, inputs, mode
         self.device, self.precision = device, precision
+        if compile and (impl != 'ours' or mode != 'train'):
+            raise ValueError('compile: only our training step')
+        self.loss_fn = torch.compile(model.loss) if compile else model.loss
         self.labels = False  # profiler ranges around backward / optimizer
         self.optimizer = None
         if mode == 'train':
@@ -156,7 +162,7 @@ class Stepper:
         with self._autocast():
             if self.impl == 'hf':
                 return self.model(pixel_values=images, labels=self.inputs['targets']).loss
-            losses = self.model.loss(images, self.inputs['samples'])
+            losses = self.loss_fn(images, self.inputs['samples'])
         return sum(sum(v) if isinstance(v, (list, tuple)) else v
                    for k, v in losses.items() if 'loss' in k)
 

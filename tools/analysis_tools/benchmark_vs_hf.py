@@ -55,6 +55,13 @@ Modes (combine them; with none of --rows/--sweeps/--profile the rows run):
 
     python tools/analysis_tools/benchmark_vs_hf.py --loop --loop-workers 0 1 2
 
+* compile (ours only): our training step (--sizes[0], --batches[0], --image,
+  fp32) eager against forward + loss through torch.compile, interleaved
+  after the compiled step's warm-up; the first compiled call's time and
+  dynamo's graph breaks. Writes compile.csv:
+
+    python tools/analysis_tools/benchmark_vs_hf.py --compile --sizes r18vd --batches 2
+
 --with-cp builds ours with activation checkpointing in the backbone and the
 encoder (what it saves and costs: run the train rows with and without it).
 
@@ -100,6 +107,8 @@ def parse_args(argv=None):
     p.add_argument('--sweeps', nargs='*', choices=['image', 'batch', 'gt'],
                    help='sweeps of image size / batch / GT boxes (none named: all)')
     p.add_argument('--profile', action='store_true', help='per-stage profile')
+    p.add_argument('--compile', action='store_true',
+                   help='our training step eager against torch.compile')
     p.add_argument('--loop', action='store_true',
                    help='a tools/train.py iteration against the model step alone')
     p.add_argument('--loop-config', default=osp.join(
@@ -138,7 +147,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.sweeps is not None:
         args.sweeps = args.sweeps or ['image', 'batch', 'gt']
-    if not (args.rows or args.sweeps or args.profile or args.loop):
+    if not (args.rows or args.sweeps or args.profile or args.loop or args.compile):
         args.rows = True
     for image in {args.image, *(args.sweep_images if args.sweeps else [])}:
         if sum((-(-image // s)) ** 2 for s in (8, 16, 32)) < 300:
@@ -393,6 +402,43 @@ def _fmt(value, spec='.0f') -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
+def run_compile(args, session) -> dict:
+    """The compile mode: see the module docstring."""
+    import copy
+    import time
+
+    import torch
+    import torch._dynamo
+    from rtdetr_mm.testing.benchmark_utils import (Stepper, interleaved_medians, make_inputs,
+                                                   synchronize)
+    size, batch = args.sizes[0], args.batches[0]
+    eager_model = session.models(size)['ours']
+    inputs = make_inputs(batch, args.image, args.num_gt, args.device)
+    steppers = dict(eager=Stepper('ours', eager_model, inputs, 'train', 'fp32', args.device),
+                    compiled=Stepper('ours', copy.deepcopy(eager_model), inputs, 'train',
+                                     'fp32', args.device, compile=True))
+    counters = torch._dynamo.utils.counters  # dynamo's own tally of frames and breaks
+    counters.clear()
+    synchronize(args.device)
+    start = time.perf_counter()
+    steppers['compiled']()  # compiles
+    synchronize(args.device)
+    first = time.perf_counter() - start
+    breaks = dict(counters['graph_break'])
+    times = interleaved_medians(steppers, args.repeats, args.device)
+    row = dict(size=size, batch=batch, image=args.image, first_call_s=round(first, 1),
+               eager_s=times['eager'], compiled_s=times['compiled'],
+               speedup=times['eager'] / times['compiled'],
+               graph_breaks=sum(breaks.values()),
+               break_reasons='; '.join(f'{n}x {r[:80]}' for r, n in breaks.items()))
+    print(f"compile: {size} batch {batch} {args.image}px: first compiled step {first:.0f} s; "
+          f"eager {row['eager_s']:.2f} s, compiled {row['compiled_s']:.2f} s "
+          f"(speed-up {row['speedup']:.2f}x, median of {args.repeats}); "
+          f"{row['graph_breaks']} graph breaks: {row['break_reasons']}", flush=True)
+    write_csv(osp.join(args.out_dir, 'compile.csv'), [row], list(row))
+    return row
+
+
 def run_loop(args) -> list:
     """The loop mode (ours only): see rtdetr_mm/testing/loop_benchmark.py."""
     from mmengine.config import Config, DictAction
@@ -442,6 +488,8 @@ def main(argv=None) -> None:
             run_sweeps(args, session)
         if args.profile:
             run_profile(args, session)
+        if args.compile:
+            run_compile(args, session)
     if args.loop:
         run_loop(args)
 
