@@ -119,7 +119,9 @@ class Stepper:
         self.device, self.precision = device, precision
         if compile and (impl != 'ours' or mode != 'train'):
             raise ValueError('compile: only our training step')
-        self.loss_fn = torch.compile(model.loss) if compile else model.loss
+        self.loss_fn = None  # ours: model.loss, or its compiled form
+        if impl == 'ours':
+            self.loss_fn = torch.compile(model.loss) if compile else model.loss
         self.labels = False  # profiler ranges around backward / optimizer
         self.optimizer = None
         if mode == 'train':
